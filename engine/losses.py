@@ -1,0 +1,65 @@
+"""Training losses that do not need a pretrained network.
+
+The paper's perceptual term uses VGG-19 features, which cannot be downloaded here. V(·) below
+is a fixed, offline feature space: a 3-level Laplacian pyramid of the image plus the Sobel
+gradients of each level. It weighs edges and fine texture (pores, grain) the way a perceptual
+loss does, so ||V(y) − V(ŷ)||² penalises smeared skin that a plain L1 tolerates.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_SOBEL = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
+
+
+def _blur_down(x: torch.Tensor) -> torch.Tensor:
+    return F.avg_pool2d(x, 2)
+
+
+def feature_space(x: torch.Tensor, levels: int = 3) -> list[torch.Tensor]:
+    """V(x): Laplacian bands and Sobel gradients at ``levels`` scales (list of tensors)."""
+    c = x.shape[1]
+    kx = _SOBEL.to(x)[None, None].repeat(c, 1, 1, 1)
+    ky = kx.transpose(-1, -2)
+    out: list[torch.Tensor] = []
+    cur = x
+    for _ in range(levels):
+        low = _blur_down(cur)
+        band = cur - F.interpolate(low, size=cur.shape[-2:], mode="bilinear", align_corners=False)
+        out.append(band)
+        out.append(F.conv2d(F.pad(cur, (1, 1, 1, 1), mode="replicate"), kx, groups=c))
+        out.append(F.conv2d(F.pad(cur, (1, 1, 1, 1), mode="replicate"), ky, groups=c))
+        cur = low
+    return out
+
+
+def perceptual(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """||V(a) − V(b)||² averaged over features (optionally weighted per pixel at full scale)."""
+    total = a.new_zeros(())
+    for fa, fb in zip(feature_space(a), feature_space(b)):
+        d = (fa - fb).pow(2)
+        if weight is not None:
+            d = d * F.interpolate(weight, size=d.shape[-2:], mode="area")
+        total = total + d.mean() * 100.0
+    return total
+
+
+def content(y: torch.Tensor, y_hat: torch.Tensor, l1_weight: float) -> torch.Tensor:
+    """L_con = w ||y − ŷ||₁ + ||V(y) − V(ŷ)||² (η = ζ = 10 in the paper)."""
+    return l1_weight * (y - y_hat).abs().mean() + perceptual(y, y_hat)
+
+
+def soft_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, target)
+
+
+def adversarial_d(real_logits: torch.Tensor, real_target: torch.Tensor, fake_logits: torch.Tensor, fake_target: torch.Tensor) -> torch.Tensor:
+    """Pixel-level discriminator loss: per-pixel targets (1 = real skin, 0 = fake/blemish pixels)."""
+    return soft_bce(real_logits, real_target) + soft_bce(fake_logits, fake_target)
+
+
+def adversarial_g(fake_logits: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """Non-saturating generator loss on the synthesised region: make D call those pixels real."""
+    per_pixel = F.softplus(-fake_logits)
+    return (per_pixel * region).sum() / region.sum().clamp_min(1.0)

@@ -1,0 +1,122 @@
+"""Model configuration: one dataclass, stored inside every checkpoint."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Attention = Literal["selective", "global"]
+Tokens = Literal["multi", "single"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes and ablation switches of RetouchFormer.
+
+    ``preset("paper")`` follows the paper (512² input, 512-d tokens, K = 1024, 7 blocks, 8 heads,
+    16×16-token windows over 4 scales). ``preset("small")`` is the default that ships: trainable on
+    a 2-core CPU in hours and fast at inference.
+    """
+
+    name: str = "small"
+    image_size: int = 256  # native resolution the model runs at (square)
+    enc_channels: tuple[int, ...] = (16, 32, 64, 128)  # full res, 1/2, 1/4, 1/8
+    token_levels: tuple[int, ...] = (1, 2, 3)  # encoder levels that become token frames
+    token_dim: int = 160
+    heads: int = 4
+    depth: int = 4
+    mlp_ratio: float = 2.0
+    window: int = 16  # attention window in tokens (token grid is 1/8 of the image)
+    codebook_size: int = 512  # K
+    code_dim: int = 64
+    commitment: float = 0.25
+    mask_channels: tuple[int, ...] = (16, 32, 48, 96)
+    dec_channels: tuple[int, ...] = (128, 64, 32, 16)  # 1/8, 1/4, 1/2, full
+    disc_channels: tuple[int, ...] = (32, 64, 128)
+    ema_decay: float = 0.99
+    attention: Attention = "selective"
+    tokens: Tokens = "multi"
+    prior: bool = True
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    TOKEN_STRIDE = 8  # the token grid is 1/8 of the image
+
+    def __post_init__(self) -> None:
+        if self.attention not in ("selective", "global"):
+            raise ValueError(f"attention must be 'selective' or 'global', not {self.attention!r}")
+        if self.tokens not in ("multi", "single"):
+            raise ValueError(f"tokens must be 'multi' or 'single', not {self.tokens!r}")
+        if self.token_dim % self.heads:
+            raise ValueError("token_dim must be divisible by heads")
+        if len(self.enc_channels) != 4 or len(self.dec_channels) != 4:
+            raise ValueError("enc_channels and dec_channels need 4 levels (1, 1/2, 1/4, 1/8)")
+        if self.image_size % (self.TOKEN_STRIDE * 2):
+            raise ValueError("image_size must be a multiple of 16")
+
+    @property
+    def frames(self) -> tuple[int, ...]:
+        """Encoder levels used as token frames (single-scale ablation keeps only the deepest)."""
+        return self.token_levels if self.tokens == "multi" else (3,)
+
+    @staticmethod
+    def preset(name: str, **overrides: Any) -> "ModelConfig":
+        presets: dict[str, dict[str, Any]] = {
+            "small": {},
+            "paper": dict(
+                name="paper",
+                image_size=512,
+                enc_channels=(64, 128, 256, 512),
+                token_levels=(0, 1, 2, 3),
+                token_dim=512,
+                heads=8,
+                depth=7,
+                mlp_ratio=4.0,
+                window=16,
+                codebook_size=1024,
+                code_dim=256,
+                mask_channels=(32, 64, 128, 256),
+                dec_channels=(512, 256, 128, 64),
+                disc_channels=(64, 128, 256),
+            ),
+            # A tiny model used by fast tests only.
+            "tiny": dict(
+                name="tiny",
+                image_size=64,
+                enc_channels=(8, 12, 16, 24),
+                token_dim=32,
+                heads=2,
+                depth=2,
+                window=4,
+                codebook_size=32,
+                code_dim=16,
+                mask_channels=(8, 8, 16, 16),
+                dec_channels=(24, 16, 12, 8),
+                disc_channels=(8, 16, 16),
+            ),
+        }
+        if name not in presets:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
+        return dataclasses.replace(ModelConfig(), **{**presets[name], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(ModelConfig)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        values = dict(data)
+        for key in ("enc_channels", "token_levels", "mask_channels", "dec_channels", "disc_channels"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return ModelConfig(**values)
+
+    @staticmethod
+    def from_json(text: str) -> "ModelConfig":
+        return ModelConfig.from_dict(json.loads(text))

@@ -1,0 +1,116 @@
+"""RetouchFormer: E -> (P, R) clean prior -> H̄ soft mask -> T selective attention -> G."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from engine.model.config import ModelConfig
+from engine.model.decoders import ReconstructionDecoder, SynthesisDecoder
+from engine.model.encoder import Encoder, TokenProjection
+from engine.model.layers import mask_to
+from engine.model.masknet import TwoStreamMask
+from engine.model.quantizer import VectorQuantizer
+from engine.model.transformer import Transformer
+
+
+class RetouchOutput(NamedTuple):
+    image: torch.Tensor  # retouched (B,3,H,W) in [0,1]
+    mask: torch.Tensor  # soft mask used (B,1,H,W) in [0,1]
+    recon: torch.Tensor  # clean-prior reconstruction x̃ (B,3,H,W)
+
+
+class Prior(NamedTuple):
+    recon: torch.Tensor
+    loss: torch.Tensor  # L_prior term (codebook + commitment)
+    indices: torch.Tensor | None
+
+
+@dataclass
+class Encoded:
+    """What the encoder and mask net computed for an image: enough to re-run T and G for any mask."""
+
+    x: torch.Tensor
+    feats: list[torch.Tensor]
+    frames: torch.Tensor
+    recon: torch.Tensor
+    mask: torch.Tensor  # H̄'s prediction
+
+
+class RetouchFormer(nn.Module):
+    """The generator side of RetouchFormer (the discriminator lives in engine.model.discriminator).
+
+    Images are float tensors in [0, 1], RGB, (B, 3, H, W) with H and W multiples of 8.
+    """
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or ModelConfig.preset("small")
+        self.encoder = Encoder(cfg)
+        self.tokens = TokenProjection(cfg)
+        if cfg.prior:
+            self.pre_quant = nn.Conv2d(cfg.enc_channels[3], cfg.code_dim, 1)
+            self.quantizer = VectorQuantizer(cfg.codebook_size, cfg.code_dim, cfg.commitment)
+            self.reconstruct = ReconstructionDecoder(cfg)
+        self.masknet = TwoStreamMask(cfg)
+        self.transformer = Transformer(cfg)
+        self.synthesis = SynthesisDecoder(cfg)
+
+    # -- pieces -------------------------------------------------------------------------------
+    def prior(self, feats: list[torch.Tensor], x: torch.Tensor) -> Prior:
+        """Clean-prior reconstruction x̃ = R(E_ρ(x)); without the prior (ablation) x̃ = x."""
+        if not self.config.prior:
+            return Prior(x, x.new_zeros(()), None)
+        q = self.quantizer(self.pre_quant(feats[3]))
+        return Prior(self.reconstruct(q.quantized), q.loss, q.indices)
+
+    def mask_logits(self, x: torch.Tensor, recon: torch.Tensor, ema: bool = True) -> torch.Tensor:
+        net = self.masknet.ema if ema else self.masknet.online
+        return net(x, recon)
+
+    def ema_update(self, decay: float | None = None) -> None:
+        self.masknet.ema_update(decay)
+
+    def encode(self, x: torch.Tensor) -> Encoded:
+        """E, the prior and H̄: everything that does not depend on a user-edited mask."""
+        self._check_input(x)
+        feats = self.encoder(x)
+        recon = self.prior(feats, x).recon
+        mask = torch.sigmoid(self.mask_logits(x, recon, ema=True))
+        return Encoded(x, feats, self.tokens(feats), recon, mask)
+
+    def token_weights(self, mask: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """f_H: the pixel mask brought to the token grid (max-pooled so small blemishes count)."""
+        return mask_to(mask, tuple(frames.shape[-2:]))
+
+    def synthesize(self, enc: Encoded, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """T and G for ``mask`` (None: H̄'s prediction). Returns (composite image, raw synthesis)."""
+        m = enc.mask if mask is None else self._check_mask(mask, enc.x)
+        frames = self.transformer(enc.frames, self.token_weights(m, enc.frames))
+        return self.synthesis(frames, enc.feats, enc.x, m)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> RetouchOutput:
+        enc = self.encode(x)
+        image, _ = self.synthesize(enc, mask)
+        return RetouchOutput(image, enc.mask if mask is None else mask, enc.recon)
+
+    # -- helpers ------------------------------------------------------------------------------
+    @staticmethod
+    def _check_input(x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(x.shape)}")
+        if x.shape[-1] % 8 or x.shape[-2] % 8:
+            raise ValueError(f"image height and width must be multiples of 8, got {tuple(x.shape[-2:])}")
+
+    @staticmethod
+    def _check_mask(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[0] != x.shape[0] or mask.shape[-2:] != x.shape[-2:]:
+            raise ValueError(f"mask must have shape {(x.shape[0], 1, *x.shape[-2:])}, got {tuple(mask.shape)}")
+        return mask.to(x.dtype).clamp(0.0, 1.0)
+
+    def parameter_count(self, trainable_only: bool = False) -> int:
+        """Parameters of generator, mask net (H; H̄ is its copy and not counted) and prior."""
+        ema = {id(p) for p in self.masknet.ema.parameters()}
+        return sum(p.numel() for p in self.parameters() if id(p) not in ema and (p.requires_grad or not trainable_only))

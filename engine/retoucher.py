@@ -1,0 +1,297 @@
+"""The engine API used by the GUI, the command line and batch: load, analyse, render, composite.
+
+::
+
+    r = Retoucher.load()                 # bundled small model, CUDA when present
+    a = r.analyze(image)                 # faces (or tiles), encoder + prior + mask net per region
+    c = r.render(a, mask)                # transformer + decoder only, for an edited mask
+    out = r.composite(image, c, 0.7)     # cheap, no model
+
+``analyze`` keeps each region's encoder state, so a brush stroke re-runs only the transformer and
+synthesis decoder of the regions whose mask changed. Inside a changed region the new synthesis is
+used only around the changed pixels (a few native pixels of feathering), so an edit changes the
+result where the mask changed and nowhere else.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+import torch
+
+from engine import pipeline as pl
+from engine.compositor import Correction, CorrectionBuilder, blend_weights, composite as _composite, dtype_max
+from engine.errors import Cancelled, ImageError, RetouchError
+from engine import faces as _faces
+from engine.model.checkpoint import load_model
+from engine.model.config import ModelConfig
+from engine.model.retouchformer import Encoded, RetouchFormer
+from engine.paths import default_weights_path
+
+__all__ = ["Retoucher", "Analysis", "Correction", "resolve_device"]
+
+CancelFn = Callable[[], bool] | None
+ProgressFn = Callable[[float, str], None] | None
+
+#: Two masks "differ" at a pixel when they differ by more than one 8-bit step.
+CHANGE_TOLERANCE = 1.0 / 255.0
+
+
+@dataclass
+class _RegionState:
+    region: pl.Region
+    enc: Encoded
+    x_n: np.ndarray  # native input, n x n x 3 float32
+    mask_n: np.ndarray  # predicted native mask, n x n float32
+    gain_n: np.ndarray  # detail gain, n x n float32
+    pred_delta_n: np.ndarray | None = None  # raw synthesis - input for the predicted mask (lazy)
+
+
+@dataclass
+class Analysis:
+    """What :meth:`Retoucher.analyze` found. ``mask`` is the full-resolution predicted mask.
+
+    The analysis keeps a reference to the analysed image (it must not be modified in place
+    while the analysis is in use) and each region's encoder state for :meth:`Retoucher.render`.
+    """
+
+    mask: np.ndarray
+    regions: list[tuple[int, int, int, int]]
+    used_tiles: bool
+    message: str
+    faces: list[tuple[int, int, int, int]] = field(default_factory=list)
+    image: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+    states: list[_RegionState] = field(default_factory=list, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.mask.shape[0]), int(self.mask.shape[1]))
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> CUDA when available, else CPU; "cpu"; "cuda" / "cuda:N" (must exist)."""
+    name = str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise RetouchError(f"Device '{device}' was requested but no CUDA GPU is available; use --device cpu or auto.")
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise RetouchError(f"Device '{device}' does not exist: this machine has {torch.cuda.device_count()} CUDA GPU(s).")
+        return dev
+    raise RetouchError(f"Unknown device '{device}'; choose auto, cpu or cuda.")
+
+
+def _check_cancel(cancel: CancelFn) -> None:
+    if cancel is not None and cancel():
+        raise Cancelled()
+
+
+def _report(progress: ProgressFn, fraction: float, message: str) -> None:
+    if progress is not None:
+        progress(float(min(1.0, max(0.0, fraction))), message)
+
+
+class Retoucher:
+    """A loaded RetouchFormer plus the full-resolution pipeline around it."""
+
+    def __init__(self, model: RetouchFormer, device: torch.device) -> None:
+        self.model = model.eval()
+        self._device = device
+        self.n = int(model.config.image_size)
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def load(cls, weights: str | Path | None = None, device: str = "auto") -> "Retoucher":
+        """Load ``weights`` (default: the bundled small model) on ``device`` ("auto", "cpu", "cuda").
+
+        Raises WeightsError for a missing or mismatched file and RetouchError for a bad device.
+        """
+        dev = resolve_device(device)
+        path = Path(weights) if weights is not None else default_weights_path()
+        model = load_model(path, device=dev)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        r = cls(model, dev)
+        if dev.type == "cuda":
+            r._warm_up()
+        return r
+
+    @property
+    def device(self) -> str:
+        return self._device.type
+
+    @property
+    def device_label(self) -> str:
+        if self._device.type == "cuda":
+            return f"GPU: {torch.cuda.get_device_name(self._device)}"
+        return f"CPU ({torch.get_num_threads()} threads)"
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    def _warm_up(self) -> None:
+        x = torch.full((1, 3, self.n, self.n), 0.5, device=self._device)
+        with torch.inference_mode():
+            enc = self.model.encode(x)
+            with self._autocast():
+                self.model.synthesize(enc)
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+
+    @contextlib.contextmanager
+    def _autocast(self) -> Iterator[None]:
+        """Half precision for the transformer + decoder on CUDA (the encoder, the prior's
+        nearest-code search and the mask net stay in float32, where fp16 could change results)."""
+        if self._device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.float16):
+                yield
+        else:
+            yield
+
+    # -- model calls --------------------------------------------------------------------------
+    def _tensor(self, arr: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+        t = t.permute(2, 0, 1)[None] if t.ndim == 3 else t[None, None]
+        return t.to(self._device, torch.float32)
+
+    def _synth_delta(self, state: _RegionState, mask_n: np.ndarray | None) -> np.ndarray:
+        with torch.inference_mode(), self._autocast():
+            _, synth = self.model.synthesize(state.enc, None if mask_n is None else self._tensor(mask_n))
+        y = synth[0].float().permute(1, 2, 0).cpu().numpy()
+        return (y - state.x_n).astype(np.float32)
+
+    # -- analyse ------------------------------------------------------------------------------
+    def analyze(self, image: np.ndarray, *, cancel: CancelFn = None, progress: ProgressFn = None) -> Analysis:
+        """Find the faces (or tile the image), run encoder + prior + mask net per region and
+        assemble the full-resolution predicted mask."""
+        image = pl.check_image(image)
+        shape = image.shape[:2]
+        _check_cancel(cancel)
+        _report(progress, 0.0, "Looking for faces")
+        faces = _faces.detect_faces(image)  # looked up at call time (tests may replace it)
+        regions = pl.face_regions(shape, faces)
+        used_tiles = not regions
+        if used_tiles:
+            regions = pl.tile_regions(shape)
+            message = f"No face found: processed the whole image in {len(regions)} overlapping tiles"
+        else:
+            message = f"{len(regions)} face{'s' if len(regions) != 1 else ''} found"
+        states: list[_RegionState] = []
+        what = "tile" if used_tiles else "face"
+        for i, region in enumerate(regions):
+            _check_cancel(cancel)
+            _report(progress, 0.05 + 0.9 * i / len(regions), f"Analysing {what} {i + 1} of {len(regions)}")
+            crop = pl.extract_crop(image, region)
+            x_n = pl.to_native(crop, self.n)
+            with torch.inference_mode():
+                enc = self.model.encode(self._tensor(x_n))
+            mask_n = enc.mask[0, 0].float().cpu().numpy()
+            gain_n = pl.detail_gain(crop, x_n, mask_n)
+            del crop
+            states.append(_RegionState(region, enc, x_n, mask_n, gain_n))
+        _check_cancel(cancel)
+        mask = pl.assemble_mask(shape, regions, [s.mask_n for s in states])
+        _report(progress, 1.0, message)
+        return Analysis(mask, [r.box for r in regions], used_tiles, message, list(faces), image, states)
+
+    # -- render -------------------------------------------------------------------------------
+    def _check_mask(self, a: Analysis, mask: np.ndarray | None) -> np.ndarray:
+        if mask is None:
+            return a.mask
+        if not isinstance(mask, np.ndarray) or mask.ndim != 2:
+            raise ImageError(f"The mask must be a 2-D (HxW) array, got shape {getattr(mask, 'shape', None)}.")
+        if mask.shape != a.shape:
+            raise ImageError(
+                f"The mask is {mask.shape[1]}x{mask.shape[0]} but the photo is {a.shape[1]}x{a.shape[0]}; "
+                "masks must have exactly the photo's size."
+            )
+        if mask.dtype != np.float32:
+            mask = mask.astype(np.float32)
+        if not np.isfinite(mask).all():
+            raise ImageError("The mask contains invalid values (NaN or infinity).")
+        return np.clip(mask, 0.0, 1.0)
+
+    def _region_delta_n(self, a: Analysis, state: _RegionState, mask: np.ndarray, edited: bool) -> np.ndarray:
+        """Native correction of one region for ``mask`` (full resolution)."""
+        if state.pred_delta_n is None:
+            state.pred_delta_n = self._synth_delta(state, None)
+        if not edited:
+            return state.pred_delta_n
+        x0, y0, x1, y1 = state.region.box
+        changed = np.abs(mask[y0:y1, x0:x1] - a.mask[y0:y1, x0:x1]) > CHANGE_TOLERANCE
+        if not changed.any():
+            return state.pred_delta_n
+        changed_n = pl.mask_to_native(changed.astype(np.float32), state.region, self.n) > 0
+        del changed
+        user_n = pl.mask_to_native(mask[y0:y1, x0:x1], state.region, self.n, fill=state.mask_n)
+        m_in = np.where(changed_n, user_n, state.mask_n).astype(np.float32)
+        new = self._synth_delta(state, m_in)
+        # Use the new synthesis around the changed pixels only (1 native pixel grown, then softened).
+        c = cv2.dilate(changed_n.astype(np.float32), np.ones((3, 3), np.uint8))
+        c = np.maximum(cv2.GaussianBlur(c, (5, 5), 1.0), changed_n)
+        return state.pred_delta_n + c[..., None] * (new - state.pred_delta_n)
+
+    def render(self, a: Analysis, mask: np.ndarray | None = None, *, cancel: CancelFn = None) -> Correction:
+        """Correction for ``mask`` (full-resolution HxW float32 in [0, 1]; None = the prediction).
+
+        Re-runs only the transformer + synthesis decoder, and only for regions whose mask changed.
+        """
+        if not isinstance(a, Analysis) or a.image is None:
+            raise RetouchError("render() needs the Analysis returned by analyze().")
+        m = self._check_mask(a, mask)
+        edited = mask is not None
+        image = a.image
+        shape = a.shape
+        top = np.float32(dtype_max(image.dtype))
+        crops = [s.region.crop for s in a.states]
+        ramps = [s.region.ramp for s in a.states]
+        builder = CorrectionBuilder(shape, image.dtype, [s.region.box for s in a.states])
+        for i, state in enumerate(a.states):
+            _check_cancel(cancel)
+            x0, y0, x1, y1 = state.region.box
+            weight = m[y0:y1, x0:x1]
+            if not weight.any():
+                continue
+            delta_n = self._region_delta_n(a, state, m, edited)
+            d = pl.full_res_delta(image, state.region, state.x_n, delta_n, state.gain_n)
+            _, wgt = blend_weights(crops, ramps, shape, i)
+            wgt *= weight
+            wgt *= top
+            d *= wgt[..., None]
+            builder.add(state.region.box, d)
+            del d, wgt
+        _check_cancel(cancel)
+        return builder.build([s.region.box for s in a.states])
+
+    # -- conveniences ---------------------------------------------------------------------------
+    @staticmethod
+    def composite(image: np.ndarray, c: Correction, strength: float) -> np.ndarray:
+        """``image`` with ``strength`` x the correction (same shape and dtype; no model)."""
+        return _composite(image, c, strength)
+
+    def predict_mask(self, image: np.ndarray, *, cancel: CancelFn = None, progress: ProgressFn = None) -> np.ndarray:
+        """The full-resolution predicted imperfection mask (float32 HxW in [0, 1])."""
+        return self.analyze(image, cancel=cancel, progress=progress).mask
+
+    def retouch(
+        self,
+        image: np.ndarray,
+        mask: np.ndarray | None = None,
+        strength: float = 1.0,
+        *,
+        cancel: CancelFn = None,
+        progress: ProgressFn = None,
+    ) -> np.ndarray:
+        """Analyse, render and composite in one call; returns an image of the same shape and dtype."""
+        a = self.analyze(image, cancel=cancel, progress=progress)
+        return _composite(image, self.render(a, mask, cancel=cancel), strength)
+

@@ -1,0 +1,318 @@
+"""`retouch train`: one joint, semi-supervised training stage (../shared/paper/SPEC.md).
+
+    min_{P,R}   L_prior + L_con^rec
+    min_H       L_H̄ + L_H             (H̄ = EMA of H, μ = 0.99, updated every step)
+    min_{E,T,G} L_prior + L_con^rec + L_con^x2y + L_adv^syn
+    max_D       L_adv^disc
+
+Deviations, each for a stated reason:
+- V(·) is engine.losses.feature_space (Laplacian pyramid + gradients), not VGG-19: pretrained VGG
+  weights cannot be downloaded here.
+- The mask terms: L_H̄ (regression of the soft mask to φ) is applied to the online net H, and the
+  confidence term uses the full binary cross-entropy against 1{φ > 0.05}; H̄ receives only EMA
+  updates and serves as the teacher for the unpaired term λ·BCE(σ(H(x_u)), σ(H̄(x_u))). The
+  one-sided terms as printed (only −log σ(H) on positives) are minimised by predicting 1 everywhere.
+- The transformer is trained with the true mask φ on half of the paired samples and with H̄'s
+  prediction on the other half, so that it learns from exact masks (as a user's brushed mask is)
+  and from predicted ones.
+
+Runs on CPU or CUDA; under torchrun it uses DistributedDataParallel with no code change.
+Checkpoints (model, discriminator, optimisers, schedulers, step, RNG) are written atomically to
+RUN_DIR/last.pt and resumed automatically; the generator is exported to RUN_DIR/model.safetensors.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine import losses
+from engine.data import Batch, TrainingData
+from engine.model import ModelConfig, PixelDiscriminator, RetouchFormer, save_model
+from engine.model.layers import mask_to
+
+DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="retouch train", description=__doc__.split("\n")[0])
+    p.add_argument("--run", type=Path, default=Path("runs/small"), help="run directory (checkpoints, logs, grids)")
+    p.add_argument("--preset", default="small", help="model preset: small | paper")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a ModelConfig field (e.g. attention=global)")
+    p.add_argument("--clean", type=Path, action="append", default=None, help="folder(s) of clean portraits (synthetic pairs + y_u)")
+    p.add_argument("--paired", type=Path, action="append", default=[], help="folder(s) with raw/ and retouched/ of matching names (FFHQR layout)")
+    p.add_argument("--raw", type=Path, action="append", default=None, help="folder(s) of raw photos with real imperfections (x_u)")
+    p.add_argument("--no-unpaired", action="store_true", help="ablation: train without raw-only images")
+    p.add_argument("--gamma", type=float, default=1.0, help="share of paired data γ (paper: 0.01, 0.1, 0.2, 1)")
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--unpaired-batch", type=int, default=2)
+    p.add_argument("--crop", type=int, default=128, help="training crop size (the model is fully convolutional)")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--eta", type=float, default=10.0, help="η: L1 weight of L_con^rec")
+    p.add_argument("--zeta", type=float, default=10.0, help="ζ: L1 weight of L_con^x2y")
+    p.add_argument("--lam", type=float, default=0.5, help="λ: weight of the unpaired mask term")
+    p.add_argument("--adv", type=float, default=0.05, help="weight of the adversarial term for the generator")
+    p.add_argument("--adv-start", type=int, default=1000, help="step at which the adversarial terms start")
+    p.add_argument("--gt-mask-prob", type=float, default=0.5)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--ckpt-every", type=int, default=200)
+    p.add_argument("--grid-every", type=int, default=500)
+    p.add_argument("--max-minutes", type=float, default=0, help="stop (with a checkpoint) after this wall time")
+    return p
+
+
+def _config(args: argparse.Namespace) -> ModelConfig:
+    overrides: dict[str, Any] = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value) if value[:1] in "[{0123456789-tf" and value not in ("single", "global", "selective", "multi") else value
+        if value in ("true", "false"):
+            overrides[key] = value == "true"
+    return ModelConfig.preset(args.preset, **overrides)
+
+
+class GeneratorStep(nn.Module):
+    """All generator-side losses of one step in a single forward (so DDP can wrap it)."""
+
+    def __init__(self, model: RetouchFormer, args: argparse.Namespace) -> None:
+        super().__init__()
+        self.model, self.args = model, args
+
+    def forward(self, y: torch.Tensor, xa: torch.Tensor, phi: torch.Tensor, xu: torch.Tensor | None, use_gt: torch.Tensor) -> dict[str, torch.Tensor]:
+        m, a = self.model, self.args
+        out: dict[str, torch.Tensor] = {}
+        # L_prior + L_con^rec on clean images y
+        feats_y = m.encoder(y)
+        prior_y = m.prior(feats_y, y)
+        out["prior"] = prior_y.loss
+        out["rec"] = losses.content(y, prior_y.recon, a.eta) if m.config.prior else y.new_zeros(())
+        # paired: mask terms and L_con^x2y
+        feats = m.encoder(xa)
+        recon = m.prior(feats, xa).recon.detach()
+        logits = m.mask_logits(xa, recon, ema=False)
+        out["mask_reg"] = (torch.sigmoid(logits) - phi).pow(2).mean()  # L_H̄ (on H, see module doc)
+        out["mask_bce"] = losses.soft_bce(logits, (phi > 0.05).float())  # L_H, paired part
+        with torch.no_grad():
+            pred = torch.sigmoid(m.mask_logits(xa, recon, ema=True))
+        used = torch.where(use_gt[:, None, None, None], phi, pred)
+        frames = m.transformer(m.tokens(feats), m.token_weights(used, feats[3]))
+        ya_hat, synth = m.synthesis(frames, feats, xa, used)
+        y_a = y[: xa.shape[0]]
+        out["x2y"] = losses.content(y_a, ya_hat, a.zeta)
+        # the raw synthesis must be clean wherever there really is an imperfection
+        region = (phi > 0.02).float()
+        out["fill"] = a.zeta * ((synth - y_a).abs() * region).sum() / (3 * region.sum()).clamp_min(1.0)
+        out["y_hat"], out["used_mask"], out["synth"] = ya_hat, used, synth
+        # unpaired raw images: mask consistency with the EMA teacher, and outputs for the adversary
+        if xu is not None:
+            fu = m.encoder(xu)
+            ru = m.prior(fu, xu).recon.detach()
+            with torch.no_grad():
+                teacher = torch.sigmoid(m.mask_logits(xu, ru, ema=True))
+            out["mask_unpaired"] = a.lam * losses.soft_bce(m.mask_logits(xu, ru, ema=False), teacher)
+            fr = m.transformer(m.tokens(fu), m.token_weights(teacher, fu[3]))
+            out["yu_hat"], _ = m.synthesis(fr, fu, xu, teacher)
+            out["xu_mask"] = teacher
+        return out
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def _to(arr: np.ndarray, dev: torch.device) -> torch.Tensor:
+    t = torch.from_numpy(arr)
+    t = t.permute(0, 3, 1, 2) if t.ndim == 4 else t[:, None]
+    return t.contiguous().to(dev, non_blocking=True)
+
+
+def _grid(path: Path, batch: Batch, out: dict[str, torch.Tensor]) -> None:
+    """PNG grid, one row per sample: raw | predicted/used mask | output | target."""
+    from engine.imageio import from_float, save_image
+
+    rows = []
+    n = min(4, batch.raw.shape[0])
+    for i in range(n):
+        m = out["used_mask"][i, 0].detach().cpu().numpy()
+        rows.append(
+            np.concatenate(
+                [batch.raw[i], np.repeat(m[..., None], 3, 2), out["y_hat"][i].detach().permute(1, 2, 0).cpu().numpy(), batch.clean[i]], 1
+            )
+        )
+    save_image(path, from_float(np.concatenate(rows, 0), np.uint8))
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(args: argparse.Namespace) -> Path:
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank = 0
+    if distributed:
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        rank = torch.distributed.get_rank()
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local)
+            args.device = f"cuda:{local}"
+    dev = _device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = Path(args.run)
+    run.mkdir(parents=True, exist_ok=True)
+    cfg = _config(args)
+    torch.manual_seed(args.seed + rank)
+    model = RetouchFormer(cfg).to(dev)
+    disc = PixelDiscriminator(cfg).to(dev)
+    gen_params = [p for p in model.parameters() if p.requires_grad]
+    opt_g = torch.optim.Adam(gen_params, lr=args.lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=args.lr, betas=(0.5, 0.999))
+    sched_g = torch.optim.lr_scheduler.CosineAnnealingLR(opt_g, T_max=args.steps, eta_min=args.lr * 0.05)
+    sched_d = torch.optim.lr_scheduler.CosineAnnealingLR(opt_d, T_max=args.steps, eta_min=args.lr * 0.05)
+    rng = np.random.default_rng(args.seed + 1000 * rank)
+    step = 0
+    ckpt = run / "last.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=dev, weights_only=False)
+        if state["config"] != cfg.to_dict():
+            raise SystemExit(f"{ckpt} was trained with a different model configuration; use a new --run directory.")
+        model.load_state_dict(state["model"])
+        disc.load_state_dict(state["disc"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        sched_g.load_state_dict(state["sched_g"])
+        sched_d.load_state_dict(state["sched_d"])
+        step = state["step"]
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state["np_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["py_rng"])
+        if rank == 0:
+            print(f"resumed from {ckpt} at step {step}", file=sys.stderr)
+    clean = args.clean if args.clean is not None else [DEFAULT_DATA / "faces"]
+    raw = [] if args.no_unpaired else (args.raw if args.raw is not None else [DEFAULT_DATA / "acne-faces"])
+    data = TrainingData(cfg.image_size, args.crop, clean, args.paired, raw, args.gamma, seed=args.seed)
+    if rank == 0:
+        print(f"data: {data.describe()}  model: {model.parameter_count() / 1e6:.2f} M params  device: {dev}", file=sys.stderr)
+    gstep: nn.Module = GeneratorStep(model, args)
+    dstep: nn.Module = disc
+    if distributed:
+        ids = [dev.index] if dev.type == "cuda" else None
+        gstep = nn.parallel.DistributedDataParallel(gstep, device_ids=ids, find_unused_parameters=True)
+        dstep = nn.parallel.DistributedDataParallel(disc, device_ids=ids)
+    log = open(run / "log.jsonl", "a", encoding="utf-8") if rank == 0 else None
+    started, start_step = time.time(), step
+    batches = data.batches(args.batch, 0 if args.no_unpaired else args.unpaired_batch, rng)
+    model.train()
+    while step < args.steps:
+        batch = next(batches)
+        y, xa, phi = _to(batch.clean, dev), _to(batch.raw, dev), _to(batch.mask, dev)
+        xu = _to(batch.unpaired, dev) if batch.unpaired is not None else None
+        use_gt = torch.from_numpy(rng.random(xa.shape[0]) < args.gt_mask_prob).to(dev)
+        out = gstep(y, xa, phi, xu, use_gt)
+        adv_on = step >= args.adv_start
+        loss_names = ["prior", "rec", "mask_reg", "mask_bce", "x2y", "fill", "mask_unpaired"]
+        g_loss = sum(out[k] for k in loss_names if k in out)
+        if adv_on:  # L_adv^syn through D (not its DDP wrapper: D is not updated here)
+            fake_logits = disc(out["y_hat"], out["used_mask"])
+            out["adv_g"] = args.adv * losses.adversarial_g(fake_logits, (out["used_mask"] > 0.1).float())
+            if "yu_hat" in out:
+                ul = disc(out["yu_hat"], out["xu_mask"])
+                out["adv_g"] = out["adv_g"] + args.adv * losses.adversarial_g(ul, (out["xu_mask"] > 0.1).float())
+            g_loss = g_loss + out["adv_g"]
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        torch.nn.utils.clip_grad_norm_(gen_params, 1.0)
+        opt_g.step()
+        sched_g.step()
+        model.ema_update()
+        if adv_on:  # L_adv^disc: real clean pixels vs. synthesised and blemish pixels
+            opt_d.zero_grad(set_to_none=True)
+            m_used = out["used_mask"].detach()
+            n = xa.shape[0]
+            # one D forward over real | synthesised | raw (DDP allows one forward per backward)
+            logits = dstep(torch.cat([y[:n], out["y_hat"].detach(), xa]), m_used.repeat(3, 1, 1, 1))
+            real, fake_hat, fake_raw = logits.split(n)
+            d_loss = (
+                losses.soft_bce(real, torch.ones_like(real))
+                + losses.soft_bce(fake_hat, (m_used <= 0.1).float())
+                + losses.soft_bce(fake_raw, (phi <= 0.02).float())
+            )
+            d_loss.backward()
+            opt_d.step()
+            out["d"] = d_loss.detach()
+        sched_d.step()
+        step += 1
+        if rank == 0:
+            scalars = {k: float(v.detach()) for k, v in out.items() if torch.is_tensor(v) and v.ndim == 0}
+            if step % args.log_every == 0 or step == args.steps:
+                elapsed = time.time() - started
+                rate = (step - start_step) / max(elapsed, 1e-6)
+                eta = (args.steps - step) / max(rate, 1e-9)
+                log.write(json.dumps({"step": step, "time": round(elapsed, 1), "lr": sched_g.get_last_lr()[0], **scalars}) + "\n")
+                log.flush()
+                bar = "#" * int(30 * step / args.steps)
+                main = " ".join(f"{k}={v:.4f}" for k, v in scalars.items())
+                print(f"\r[{bar:<30}] {step}/{args.steps} {rate:.2f} it/s ETA {eta / 60:.0f} min  {main}", end="", file=sys.stderr, flush=True)
+            if step % args.grid_every == 0:
+                (run / "grids").mkdir(exist_ok=True)
+                _grid(run / "grids" / f"step{step:07d}.png", batch, out)
+            stop = args.max_minutes and (time.time() - started) > args.max_minutes * 60
+            if step % args.ckpt_every == 0 or step == args.steps or stop:
+                _atomic_torch_save(
+                    {
+                        "config": cfg.to_dict(),
+                        "model": model.state_dict(),
+                        "disc": disc.state_dict(),
+                        "opt_g": opt_g.state_dict(),
+                        "opt_d": opt_d.state_dict(),
+                        "sched_g": sched_g.state_dict(),
+                        "sched_d": sched_d.state_dict(),
+                        "step": step,
+                        "np_rng": rng.bit_generator.state,
+                        "torch_rng": torch.get_rng_state(),
+                        "py_rng": random.getstate(),
+                    },
+                    ckpt,
+                )
+                save_model(model.cpu(), run / "model.safetensors", extra={"step": step, "args": {k: str(v) for k, v in vars(args).items()}})
+                model.to(dev)
+            if stop:
+                print(f"\nstopped after {args.max_minutes} min at step {step}; run the same command to resume", file=sys.stderr)
+                break
+    if log:
+        log.close()
+        print(file=sys.stderr)
+    if distributed:
+        torch.distributed.destroy_process_group()
+    return run / "model.safetensors"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    path = train(args)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,41 @@
+"""The engine never imports Qt; app/ is the only GUI package."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+QT = ("PySide6", "shiboken6", "qtawesome", "PyQt5", "PyQt6", "qtpy")
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_engine_sources_do_not_import_qt() -> None:
+    offenders = {str(p.relative_to(ROOT)): sorted(_imports(p) & set(QT)) for p in (ROOT / "engine").rglob("*.py")}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_importing_the_engine_loads_no_qt_module() -> None:
+    code = (
+        "import sys, engine, engine.model, engine.cli, engine.retoucher, engine.imageio, engine.train;"
+        f"bad=[m for m in sys.modules if m.split('.')[0] in {QT!r}];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_top_level_layout() -> None:
+    for name in ("pyproject.toml", "README.md", "app", "engine", "resources", "tests", "packaging"):
+        assert (ROOT / name).exists(), name
