@@ -183,7 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="retouch-studio", description="RetouchFormer Studio: face retouching.")
     parser.add_argument("photo", nargs="?", help="photo to open")
     parser.add_argument("--self-test", action="store_true", help="check the installation headless and exit")
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    # Lenient: platforms may add their own arguments (e.g. macOS -psn_…); those are ignored.
+    args, unknown = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
 
     import torch  # noqa: F401 - torch before Qt (DLL load order in frozen Windows builds)
 
@@ -194,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from app.logs import setup_logging
 
     logfile = setup_logging()
-    log.info("starting; log file %s", logfile)
+    log.info("starting; log file %s; ignored arguments %s", logfile, unknown)
     if args.self_test:
         return self_test()
 

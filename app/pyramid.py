@@ -70,23 +70,22 @@ def level_for_scale(scale: float, n_levels: int) -> int:
 
 
 def blend(before: np.ndarray, after: np.ndarray, strength: float) -> np.ndarray:
-    """Linear preview blend of two uint8 crops: before + strength * (after - before)."""
+    """Linear preview blend of two uint8 crops: before + strength * (after - before) (rounded)."""
     if strength >= 1.0:
         return after
     if strength <= 0.0:
         return before
-    s = np.float32(strength)
-    out = before.astype(np.float32)
-    out += s * (after.astype(np.float32) - out)
-    return (out + 0.5).astype(np.uint8)
+    return cv2.addWeighted(before, 1.0 - float(strength), after, float(strength), 0.0)
 
 
 def overlay(base: np.ndarray, mask_u8: np.ndarray, color: tuple[int, int, int], opacity: float) -> np.ndarray:
-    """Tint ``base`` (HxWx3 uint8) with ``color`` weighted by ``mask_u8 * opacity``."""
-    a = mask_u8.astype(np.float32) * np.float32(opacity / 255.0)
-    out = base.astype(np.float32)
-    out += a[:, :, None] * (np.asarray(color, np.float32)[None, None, :] - out)
-    return (out + 0.5).astype(np.uint8)
+    """Tint ``base`` (HxWx3 uint8) with ``color`` weighted by ``mask_u8 / 255 * opacity``."""
+    w2 = mask_u8.astype(np.float32)
+    w2 *= np.float32(opacity / 255.0)
+    w1 = 1.0 - w2
+    tint = np.empty_like(base)
+    tint[:] = np.asarray(color, np.uint8)
+    return cv2.blendLinear(np.ascontiguousarray(base), tint, w1, w2)
 
 
 def changed_rect(a: np.ndarray, b: np.ndarray) -> Rect | None:
@@ -101,10 +100,16 @@ def changed_rect(a: np.ndarray, b: np.ndarray) -> Rect | None:
     return int(cols[0]), y0, int(cols[-1]) + 1, y1
 
 
-def after_pyramid(before_levels: list[np.ndarray], image: np.ndarray, after: np.ndarray) -> list[np.ndarray]:
+def after_pyramid(before_levels: list[np.ndarray], image: np.ndarray, after: np.ndarray,
+                  boxes: list[Rect] | None = None) -> list[np.ndarray]:
     """Display pyramid of ``after`` built from the ``before`` pyramid, recomputing only the box
-    where ``after`` differs from ``image`` (a face correction touches a small part of a 24 MP photo)."""
-    rect = changed_rect(image, after)
+    where ``after`` differs from ``image`` (a face correction touches a small part of a 24 MP photo).
+    ``boxes``: where the two may differ, if known (saves comparing the whole photo)."""
+    if boxes is not None:
+        rect = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
+                max(b[3] for b in boxes)) if boxes else None
+    else:
+        rect = changed_rect(image, after)
     if rect is None:
         return list(before_levels)
     x0, y0, x1, y1 = rect

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -81,6 +82,9 @@ class MainWindow(QMainWindow):
         self.queue.busyChanged.connect(self._on_busy_changed)
         self._build_ui()
         self._apply_prefs()
+        geometry = self.settings.value("window/geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
         QApplication.instance().installEventFilter(self)
         self.load_model()
 
@@ -113,7 +117,8 @@ class MainWindow(QMainWindow):
 
         A = self._action
         self.act_open = A("&Open…", "mdi6.folder-open", lambda: self.open_photo(), QKeySequence.StandardKey.Open)
-        self.act_save_mask = A("&Save mask", "mdi6.content-save", lambda: self.save_sidecar(), QKeySequence.StandardKey.Save,
+        self.act_save_mask = A("&Save mask", "mdi6.content-save", lambda: self.save_sidecar(background=True),
+                               QKeySequence.StandardKey.Save,
                                tip="Save the edited mask beside the photo")
         self.act_export = A("&Export…", "mdi6.export", lambda: self.export(), "Ctrl+E")
         self.act_batch = A("&Batch export…", "mdi6.folder-multiple-image", self.show_batch, "Ctrl+B")
@@ -236,7 +241,7 @@ class MainWindow(QMainWindow):
         self.overlay_check.toggled.connect(lambda on: self.set_overlay_visible(on))
         f.addRow(self.overlay_check)
         self.overlay_slider = self._slider("overlayOpacitySlider", 0, 100, 45)
-        self.overlay_slider.valueChanged.connect(lambda v: self.canvas.set_overlay(opacity=v / 100.0))
+        self.overlay_slider.valueChanged.connect(self._on_overlay_opacity)
         f.addRow("Opacity", self.overlay_slider)
         self.color_button = QPushButton()
         self.color_button.setObjectName("overlayColorButton")
@@ -280,9 +285,11 @@ class MainWindow(QMainWindow):
         for key, label in FORMAT_LABELS.items():
             self.format_combo.addItem(label, key)
         f.addRow("Format", self.format_combo)
+        self.format_combo.currentIndexChanged.connect(lambda _i: setattr(self.prefs, "export_format", self.format_combo.currentData()))
         self.quality_spin = QSpinBox()
         self.quality_spin.setObjectName("exportQualitySpin")
         self.quality_spin.setRange(1, 100)
+        self.quality_spin.valueChanged.connect(lambda v: setattr(self.prefs, "export_quality", int(v)))
         f.addRow("JPEG quality", self.quality_spin)
         self.metadata_check = QCheckBox("Keep EXIF and colour profile")
         self.metadata_check.setObjectName("keepMetadataCheck")
@@ -320,7 +327,7 @@ class MainWindow(QMainWindow):
         return scroll
 
     def _apply_prefs(self) -> None:
-        p = self.prefs
+        p = replace(self.prefs)  # a copy: the widgets' change handlers write back into self.prefs
         self.strength_slider.setValue(round(p.default_strength * 100))
         self.overlay_slider.setValue(round(p.overlay_opacity * 100))
         self._set_overlay_color(QColor(p.overlay_color))
@@ -331,6 +338,7 @@ class MainWindow(QMainWindow):
         self.brush_size_spin.setValue(round(p.brush_size))
         self.hardness_slider.setValue(round(p.brush_hardness * 100))
         self.brush_opacity_slider.setValue(round(p.brush_opacity * 100))
+        self._on_brush_controls()
         self.set_tool("add")
         self._rebuild_recent_menu()
 
@@ -481,6 +489,7 @@ class MainWindow(QMainWindow):
         self.doc = doc
         self._restored_mask = res["restored"]
         self.canvas.set_document(doc)
+        self.strength_slider.setValue(round(self.prefs.default_strength * 100))  # per photo, from the default
         self.prefs.add_recent(str(path))
         self.prefs.save(self.settings)
         self._rebuild_recent_menu()
@@ -549,7 +558,9 @@ class MainWindow(QMainWindow):
                     return None
                 progress(0.8, "Compositing the preview…")
                 after = r.composite(image, c, 1.0)
-                return c, after_pyramid(before_levels, image, after)
+                patches = getattr(c, "patches", None)  # engine.compositor.Correction: disjoint boxes
+                boxes = [tuple(p.box) for p in patches] if patches is not None else None
+                return c, after_pyramid(before_levels, image, after, boxes)
 
             return self._job("Rendering the correction", work,
                              lambda res, secs: self._on_render(doc, version, res, secs), "Rendering failed")
@@ -613,6 +624,10 @@ class MainWindow(QMainWindow):
         self.overlay_check.blockSignals(False)
         self.canvas.set_overlay(visible=on)
 
+    def _on_overlay_opacity(self, v: int) -> None:
+        self.canvas.set_overlay(opacity=v / 100.0)
+        self.prefs.overlay_opacity = v / 100.0
+
     def _toggle_overlay(self) -> None:
         self.set_overlay_visible(self.act_overlay.isChecked())
 
@@ -629,22 +644,32 @@ class MainWindow(QMainWindow):
         self.zoom_label.setText(f"{scale * 100:.0f} %")
 
     # ================================================================== sidecar
-    def save_sidecar(self) -> bool:
-        """Write the edited mask beside the photo (16-bit PNG). Returns False on failure."""
+    def save_sidecar(self, background: bool = False) -> bool:
+        """Write the edited mask beside the photo (16-bit PNG, atomic). ``background``: in a worker
+        (the GUI stays responsive on big photos); otherwise now, returning False on failure."""
         doc = self.doc
         if doc is None or doc.mask is None:
             return True
         from engine.imageio import save_mask
 
-        side = sidecar_path(doc.path)
+        side, version = sidecar_path(doc.path), doc.mask_version
+
+        def saved(_res: Any = None, _secs: float = 0.0) -> None:
+            doc.saved_version = version
+            self.set_status(f"Saved the edited mask to {side.name}")
+            self._update_actions()
+
+        if background:
+            mask = doc.mask.copy()
+            self.runner.start(self._job(f"Saving {side.name}", lambda c, p: save_mask(side, mask, 16, protect=[doc.path]),
+                                        saved, "Could not save the mask"))
+            return True
         try:
             save_mask(side, doc.mask, 16, protect=[doc.path])
         except (RetouchError, OSError) as exc:
             self.show_error("Could not save the mask", exc)
             return False
-        doc.saved_version = doc.mask_version
-        self.set_status(f"Saved the edited mask to {side.name}")
-        self._update_actions()
+        saved()
         return True
 
     def maybe_save(self) -> bool:
@@ -717,7 +742,7 @@ class MainWindow(QMainWindow):
             return self._job(f"Exporting {path.name}", work, self._on_exported, "Export failed")
 
         if doc.dirty:
-            self.save_sidecar()
+            self.save_sidecar(background=True)
         self.queue.submit("export", make)
 
     def _on_exported(self, path: Path | None, secs: float) -> None:
@@ -778,6 +803,7 @@ class MainWindow(QMainWindow):
             e.ignore()
             return
         self.prefs.save(self.settings)
+        self.settings.setValue("window/geometry", self.saveGeometry())
         self.shutdown()
         e.accept()
 

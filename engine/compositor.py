@@ -34,6 +34,8 @@ __all__ = [
     "dtype_max",
     "feather",
     "blend_weights",
+    "coverage",
+    "clip_box",
 ]
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive ends), inside the image
@@ -116,7 +118,8 @@ class CorrectionBuilder:
         """The finished correction; each cell is trimmed to the rows/columns where it is non-zero."""
         patches: list[Patch] = []
         for (x0, y0, x1, y1), buf in self._buf.items():
-            nz = np.any(buf != 0, axis=2)
+            bits = buf.view(np.uint16 if buf.dtype == np.float16 else np.uint32)  # fast exact != 0
+            nz = (bits[..., 0] | bits[..., 1] | bits[..., 2]) != 0
             rows = np.flatnonzero(nz.any(axis=1))
             if rows.size == 0:
                 continue
@@ -217,6 +220,24 @@ def blend_weights(crops: Sequence[Box], ramps: Sequence[float], shape: tuple[int
     np.maximum(total, 1.0, out=total)
     own /= total
     return box, own
+
+
+def coverage(crops: Sequence[Box], ramps: Sequence[float], shape: tuple[int, int], sub: Box, step: int = 1) -> np.ndarray:
+    """Sum of the feather weights of all regions over the image box ``sub`` (every ``step``-th
+    pixel, starting at ``step // 2``). >= 1 where the regions fully cover a pixel."""
+    x0, y0, x1, y1 = sub
+    ys = slice(step // 2, None, step)
+    out = np.zeros(((y1 - y0 - step // 2 + step - 1) // step, (x1 - x0 - step // 2 + step - 1) // step), np.float32)
+    for crop, ramp in zip(crops, ramps):
+        inter = _intersect(sub, _clip_box(crop, shape))
+        if inter is None:
+            continue
+        wy = np.zeros(y1 - y0, np.float32)
+        wx = np.zeros(x1 - x0, np.float32)
+        wy[inter[1] - y0 : inter[3] - y0] = feather(crop[1], crop[3] - crop[1], shape[0], ramp, inter[1], inter[3])
+        wx[inter[0] - x0 : inter[2] - x0] = feather(crop[0], crop[2] - crop[0], shape[1], ramp, inter[0], inter[2])
+        out += wy[ys][:, None] * wx[ys][None, :]
+    return out
 
 
 def _clip_box(box: Box | None, shape: tuple[int, int]) -> Box | None:

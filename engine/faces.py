@@ -2,7 +2,8 @@
 
 :func:`detect_faces` returns face boxes ``(x0, y0, x1, y1)`` in full-resolution pixel
 coordinates. Detection runs on a grey copy downscaled to about 1000 px on the long side (fast on
-40-60 MP photos), optionally adds the profile cascade (both directions), and merges duplicates.
+40-60 MP photos; retried with the histogram equalised when nothing is found), optionally adds
+the profile cascade (both directions), and merges duplicates.
 
 :func:`face_crop` turns a face box into the square crop the model expects: the default ``small``
 model was trained on SCUT-FBP5500 head-and-shoulder portraits resized to 256x256, in which the
@@ -50,7 +51,7 @@ def _cascade(name: str) -> cv2.CascadeClassifier:
 
 
 def _grey_small(image: np.ndarray, long_side: int) -> tuple[np.ndarray, float]:
-    """8-bit equalised grey copy with the long side at most ``long_side``; returns (grey, scale)."""
+    """8-bit grey copy with the long side at most ``long_side``; returns (grey, scale)."""
     h, w = image.shape[:2]
     scale = min(1.0, long_side / max(h, w))
     small = image
@@ -58,8 +59,7 @@ def _grey_small(image: np.ndarray, long_side: int) -> tuple[np.ndarray, float]:
         small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     if small.dtype == np.uint16:
         small = cv2.convertScaleAbs(small, alpha=1.0 / 257.0)
-    grey = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2GRAY)
-    return cv2.equalizeHist(grey), scale
+    return cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2GRAY), scale
 
 
 def _iou(a: Box, b: Box) -> tuple[float, float]:
@@ -101,17 +101,20 @@ def detect_faces(image: np.ndarray, *, profile: bool = True, long_side: int = DE
     min_face = max(20, int(0.04 * min(gh, gw)))
     found: list[Box] = []
 
-    def run(clf: cv2.CascadeClassifier, img: np.ndarray, neighbours: int, mirrored: bool) -> None:
-        rects = clf.detectMultiScale(img, scaleFactor=1.1, minNeighbors=neighbours, minSize=(min_face, min_face))
+    def run(clf: cv2.CascadeClassifier, img: np.ndarray, neighbours: int, mirrored: bool, step: float = 1.1) -> None:
+        rects = clf.detectMultiScale(img, scaleFactor=step, minNeighbors=neighbours, minSize=(min_face, min_face))
         for x, y, bw, bh in (rects if len(rects) else []):
             x0 = gw - (x + bw) if mirrored else x
             found.append((int(x0), int(y), int(x0 + bw), int(y + bh)))
 
-    run(_cascade(_FRONTAL), grey, 5, False)
+    frontal = _cascade(_FRONTAL)
+    run(frontal, grey, 5, False)
+    if not found:  # dark or flat photos: try again with the histogram equalised
+        run(frontal, cv2.equalizeHist(grey), 5, False)
     if profile:
         prof = _cascade(_PROFILE)
-        run(prof, grey, 6, False)
-        run(prof, np.ascontiguousarray(grey[:, ::-1]), 6, True)
+        run(prof, grey, 6, False, 1.15)  # coarser scale steps: the profile pass is a complement
+        run(prof, np.ascontiguousarray(grey[:, ::-1]), 6, True, 1.15)
     out: list[Box] = []
     for x0, y0, x1, y1 in merge_boxes(found):
         box = (

@@ -912,7 +912,7 @@ def _encode_jpeg(rgb: np.ndarray, exif: _ExifDict | None, icc: bytes | None, qua
     if icc:
         params["icc_profile"] = icc
     buf = io.BytesIO()
-    Image.fromarray(rgb, "RGB").save(buf, "JPEG", **params)
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, "JPEG", **params)  # mode RGB
     return buf.getvalue()
 
 
@@ -925,9 +925,9 @@ def _encode_webp(
             "save as JPEG, PNG or TIFF instead."
         )
     if alpha is not None:
-        im = Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
+        im = Image.fromarray(np.dstack([rgb, alpha]))  # RGBA
     else:
-        im = Image.fromarray(rgb, "RGB")
+        im = Image.fromarray(np.ascontiguousarray(rgb))  # RGB
     params: dict[str, Any] = {"quality": quality, "method": 4, "exact": alpha is not None}
     if exif is not None:
         params["exif"] = _exif_bytes(exif)

@@ -24,7 +24,15 @@ import numpy as np
 import torch
 
 from engine import pipeline as pl
-from engine.compositor import Correction, CorrectionBuilder, blend_weights, composite as _composite, dtype_max
+from engine.compositor import (
+    Correction,
+    CorrectionBuilder,
+    blend_weights,
+    clip_box,
+    composite as _composite,
+    coverage,
+    dtype_max,
+)
 from engine.errors import Cancelled, ImageError, RetouchError
 from engine import faces as _faces
 from engine.model.checkpoint import load_model
@@ -66,6 +74,8 @@ class Analysis:
     faces: list[tuple[int, int, int, int]] = field(default_factory=list)
     image: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     states: list[_RegionState] = field(default_factory=list, repr=False)
+    # Regions added by render() for brush strokes outside every face crop (kept for later renders).
+    extras: list[_RegionState] = field(default_factory=list, repr=False)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -170,6 +180,16 @@ class Retoucher:
         return (y - state.x_n).astype(np.float32)
 
     # -- analyse ------------------------------------------------------------------------------
+    def _analyze_region(self, image: np.ndarray, region: pl.Region) -> _RegionState:
+        """Crop, bring to native size, run encoder + prior + mask net, measure the detail."""
+        crop = pl.extract_crop(image, region)
+        x_n = pl.to_native(crop, self.n)
+        with torch.inference_mode():
+            enc = self.model.encode(self._tensor(x_n))
+        mask_n = enc.mask[0, 0].float().cpu().numpy()
+        gain_n = pl.detail_gain(crop, x_n, mask_n)
+        return _RegionState(region, enc, x_n, mask_n, gain_n)
+
     def analyze(self, image: np.ndarray, *, cancel: CancelFn = None, progress: ProgressFn = None) -> Analysis:
         """Find the faces (or tile the image), run encoder + prior + mask net per region and
         assemble the full-resolution predicted mask."""
@@ -190,14 +210,7 @@ class Retoucher:
         for i, region in enumerate(regions):
             _check_cancel(cancel)
             _report(progress, 0.05 + 0.9 * i / len(regions), f"Analysing {what} {i + 1} of {len(regions)}")
-            crop = pl.extract_crop(image, region)
-            x_n = pl.to_native(crop, self.n)
-            with torch.inference_mode():
-                enc = self.model.encode(self._tensor(x_n))
-            mask_n = enc.mask[0, 0].float().cpu().numpy()
-            gain_n = pl.detail_gain(crop, x_n, mask_n)
-            del crop
-            states.append(_RegionState(region, enc, x_n, mask_n, gain_n))
+            states.append(self._analyze_region(image, region))
         _check_cancel(cancel)
         mask = pl.assemble_mask(shape, regions, [s.mask_n for s in states])
         _report(progress, 1.0, message)
@@ -240,10 +253,63 @@ class Retoucher:
         c = np.maximum(cv2.GaussianBlur(c, (5, 5), 1.0), changed_n)
         return state.pred_delta_n + c[..., None] * (new - state.pred_delta_n)
 
+    @staticmethod
+    def _changed_small(mask: np.ndarray, pred: np.ndarray, f: int) -> np.ndarray:
+        """Where ``mask`` and ``pred`` differ by more than one 8-bit step, on a grid ``f`` times
+        coarser (a cell is True if any of its pixels changed)."""
+        h, w = mask.shape
+        changed = cv2.compare(cv2.absdiff(mask, pred), CHANGE_TOLERANCE, cv2.CMP_GT)  # uint8 0/255
+        if f == 1:
+            return changed > 0
+        changed = cv2.copyMakeBorder(changed, 0, -h % f, 0, -w % f, cv2.BORDER_CONSTANT, value=0)
+        if f > 15:  # an area average of one 255 among f*f pixels would round to 0 in uint8
+            changed = changed.astype(np.float32)
+        small = cv2.resize(changed, (changed.shape[1] // f, changed.shape[0] // f), interpolation=cv2.INTER_AREA)
+        return small > 0
+
+    def _add_extras(self, a: Analysis, mask: np.ndarray) -> None:
+        """Create regions for edited mask pixels that no region fully covers (strokes painted
+        outside every face crop), grouped into face-sized crops, and analyse them once."""
+        if a.used_tiles:
+            return
+        h, w = a.shape
+        f = max(1, int(np.ceil(max(h, w) / 1024)))
+        small = self._changed_small(mask, a.mask, f)
+        if not small.any():
+            return
+        known = a.states + a.extras
+        padded = (0, 0, w + (-w % f), h + (-h % f))  # the grid of ``small``
+        cover = coverage([s.region.crop for s in known], [s.region.ramp for s in known], a.shape, padded, f)
+        # a cell is sampled at its centre: grow the not-fully-covered area by one cell
+        uncovered = cv2.dilate((cover < 0.999).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        need = (small & uncovered).astype(np.uint8)
+        if not need.any():
+            return
+        sides = sorted(s.region.side for s in a.states)
+        base = sides[len(sides) // 2] if sides else min(h, w) // 2
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(need, connectivity=8)
+        new: list[pl.Region] = []
+        for k in np.argsort(-stats[1:, cv2.CC_STAT_AREA]) + 1:
+            x, y, bw, bh = (int(v) * f for v in stats[k, :4])
+            cx, cy = x + bw / 2, y + bh / 2
+            if any(r.crop[0] + r.ramp <= cx <= r.crop[2] - r.ramp and r.crop[1] + r.ramp <= cy <= r.crop[3] - r.ramp
+                   and x >= r.crop[0] and y >= r.crop[1] and x + bw <= r.crop[2] and y + bh <= r.crop[3] for r in new):
+                continue
+            side = int(max(base, max(bw, bh) / (1.0 - 2 * pl.FACE_RAMP) + 2))
+            crop = (int(cx - side / 2), int(cy - side / 2), int(cx - side / 2) + side, int(cy - side / 2) + side)
+            box = clip_box(crop, a.shape)
+            if box is not None:
+                new.append(pl.Region(crop, box, pl.FACE_RAMP * side, "extra"))
+        for region in new:
+            a.extras.append(self._analyze_region(a.image, region))
+
     def render(self, a: Analysis, mask: np.ndarray | None = None, *, cancel: CancelFn = None) -> Correction:
         """Correction for ``mask`` (full-resolution HxW float32 in [0, 1]; None = the prediction).
 
         Re-runs only the transformer + synthesis decoder, and only for regions whose mask changed.
+        Strokes painted outside every analysed region get regions of their own (analysed once,
+        then kept in the Analysis); they correct only the edited pixels the other regions do not
+        fully cover.
         """
         if not isinstance(a, Analysis) or a.image is None:
             raise RetouchError("render() needs the Analysis returned by analyze().")
@@ -252,9 +318,13 @@ class Retoucher:
         image = a.image
         shape = a.shape
         top = np.float32(dtype_max(image.dtype))
+        if edited and not a.used_tiles:
+            _check_cancel(cancel)
+            self._add_extras(a, m)
         crops = [s.region.crop for s in a.states]
         ramps = [s.region.ramp for s in a.states]
-        builder = CorrectionBuilder(shape, image.dtype, [s.region.box for s in a.states])
+        extras = a.extras if edited else []
+        builder = CorrectionBuilder(shape, image.dtype, [s.region.box for s in a.states + extras])
         for i, state in enumerate(a.states):
             _check_cancel(cancel)
             x0, y0, x1, y1 = state.region.box
@@ -269,8 +339,25 @@ class Retoucher:
             d *= wgt[..., None]
             builder.add(state.region.box, d)
             del d, wgt
+        for i, state in enumerate(extras):
+            # Second tier: only edited pixels, only the share (1 - coverage) the analysed regions leave.
+            _check_cancel(cancel)
+            x0, y0, x1, y1 = box = state.region.box
+            weight = m[y0:y1, x0:x1] * (np.abs(m[y0:y1, x0:x1] - a.mask[y0:y1, x0:x1]) > CHANGE_TOLERANCE)
+            weight *= 1.0 - np.minimum(coverage(crops, ramps, shape, box), 1.0)
+            if not weight.any():
+                continue
+            user_n = pl.mask_to_native(m[y0:y1, x0:x1], state.region, self.n, fill=None)
+            delta_n = self._synth_delta(state, user_n)
+            d = pl.full_res_delta(image, state.region, state.x_n, delta_n, state.gain_n)
+            _, wgt = blend_weights([e.region.crop for e in extras], [e.region.ramp for e in extras], shape, i)
+            wgt *= weight
+            wgt *= top
+            d *= wgt[..., None]
+            builder.add(box, d)
+            del d, wgt
         _check_cancel(cancel)
-        return builder.build([s.region.box for s in a.states])
+        return builder.build([s.region.box for s in a.states + extras])
 
     # -- conveniences ---------------------------------------------------------------------------
     @staticmethod

@@ -260,7 +260,7 @@ def train(args: argparse.Namespace) -> Path:
             d_loss.backward()
             opt_d.step()
             out["d"] = d_loss.detach()
-        sched_d.step()
+            sched_d.step()
         step += 1
         if rank == 0:
             scalars = {k: float(v.detach()) for k, v in out.items() if torch.is_tensor(v) and v.ndim == 0}

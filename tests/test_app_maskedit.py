@@ -107,3 +107,6 @@ def test_after_pyramid_equals_full_rebuild(dtype):
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
     np.testing.assert_array_equal(before[1], build_pyramid(to_display_u8(image), min_side=64)[1])  # untouched
+    for g, w in zip(after_pyramid(before, image, after, boxes=[(333, 200, 400, 260), (400, 210, 480, 250)]), want):
+        np.testing.assert_array_equal(g, w)  # known boxes give the same result
+    assert after_pyramid(before, image, image.copy(), boxes=[])[0] is before[0]

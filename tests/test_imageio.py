@@ -28,6 +28,7 @@ from engine.imageio import (
 
 ORIENTATION = 0x0112
 EXIF_IFD = 0x8769
+U8, U16 = np.uint8, np.uint16
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -168,6 +169,25 @@ def test_8bit_tiff_written_by_us_is_read_by_pillow_directly(tmp_path):
         assert np.array_equal(np.asarray(im.convert("RGB")), src)
 
 
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".jpg", ".webp"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_non_contiguous_views_are_saved_correctly(tmp_path, suffix, dtype):
+    lossless = suffix in (".png", ".tif")
+    if lossless:
+        base = noise(96, 140, dtype, seed=8)
+        view = base[::-1, ::2]  # negative and stepped strides
+    else:
+        base = blocks().astype(dtype) * (257 if dtype == np.uint16 else 1)
+        view = base[::-1]
+    alpha = view[..., 0]  # a strided view too
+    photo = load_image(save_image(tmp_path / f"v{suffix}", view, alpha=alpha))
+    if lossless:
+        assert np.array_equal(photo.pixels, view) and np.array_equal(photo.alpha, alpha)
+    else:
+        want = blocks()[::-1]
+        assert np.abs(photo.pixels.astype(int) - want).mean() < 8
+
+
 def test_16bit_to_8bit_rounds_and_8bit_to_16bit_scales(tmp_path):
     src = np.tile(np.arange(0, 65536, 8, dtype=np.uint16).reshape(64, 128, 1), (1, 1, 3))
     src[0, :4, 0] = [128, 129, 385, 65535]
@@ -188,7 +208,7 @@ def test_16bit_to_8bit_rounds_and_8bit_to_16bit_scales(tmp_path):
 
 @pytest.mark.parametrize(
     "suffix,dtype",
-    [(".jpg", np.uint8), (".png", np.uint8), (".png", np.uint16), (".tif", np.uint8), (".tif", np.uint16), (".webp", np.uint8)],
+    [(".jpg", U8), (".png", U8), (".png", U16), (".tif", U8), (".tif", U16), (".webp", U8)],
 )
 def test_exif_and_icc_survive(tmp_path, suffix, dtype):
     icc = srgb_icc()
@@ -315,7 +335,7 @@ def test_orientation_applies_to_alpha(tmp_path):
 # ----------------------------------------------------------------------------- alpha and colour modes
 
 
-@pytest.mark.parametrize("suffix,dtype", [(".png", np.uint8), (".png", np.uint16), (".tif", np.uint8), (".tif", np.uint16), (".webp", np.uint8)])
+@pytest.mark.parametrize("suffix,dtype", [(".png", U8), (".png", U16), (".tif", U8), (".tif", U16), (".webp", U8)])
 def test_alpha_kept(tmp_path, suffix, dtype):
     src = noise(dtype=dtype)
     alpha = noise(dtype=dtype, channels=1, seed=5)
@@ -364,7 +384,7 @@ def _assert_clear(exc: pytest.ExceptionInfo, name: str) -> None:
     assert name in msg and msg.endswith(".") and "\n" not in msg
 
 
-@pytest.mark.parametrize("suffix,dtype", [(".jpg", np.uint8), (".png", np.uint8), (".png", np.uint16), (".tif", np.uint16), (".webp", np.uint8)])
+@pytest.mark.parametrize("suffix,dtype", [(".jpg", U8), (".png", U8), (".png", U16), (".tif", U16), (".webp", U8)])
 def test_truncated_files_rejected(tmp_path, suffix, dtype):
     src = noise(300, 400, dtype)
     good = save_image(tmp_path / f"good{suffix}", src)

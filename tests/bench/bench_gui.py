@@ -7,7 +7,7 @@ Prints:
   * stroke: brush-stroke release -> updated preview (r.render + composite), median of a few strokes;
   * paint: time to compose one view (fit to window) and one strength change.
 
-Usage: .venv/bin/python scripts/bench_gui.py [--mp 24] [--device cpu] [--strokes 3]
+Usage: .venv/bin/python tests/bench/bench_gui.py [--mp 24] [--device cpu] [--strokes 3]
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 

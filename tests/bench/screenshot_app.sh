@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Screenshot of RetouchFormer Studio with a generated portrait, split before/after view.
-# Usage: scripts/screenshot_app.sh [OUT.png]     (default: docs/screenshot.png)
+# Usage: tests/bench/screenshot_app.sh [OUT.png]     (default: resources/docs/screenshot.png)
 # Runs the real app under Xvfb (installs it with apt-get when missing and running as root; falls
 # back to Qt's offscreen platform otherwise). The app grabs its own window once the preview is
 # rendered (RETOUCH_STUDIO_SCREENSHOT) and quits. The user's settings are not touched.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-OUT="${1:-docs/screenshot.png}"
+cd "$(dirname "$0")/../.."
+OUT="${1:-resources/docs/screenshot.png}"
 mkdir -p "$(dirname "$OUT")"
 OUT="$(cd "$(dirname "$OUT")" && pwd)/$(basename "$OUT")"
 PY="${PYTHON:-.venv/bin/python}"
