@@ -122,9 +122,13 @@ def _load_retoucher(args: argparse.Namespace):
 
 def _run_single(argv: Sequence[str]) -> int:
     args = _single_parser().parse_args(list(argv))
-    from engine.imageio import load_image, load_mask, save_image, save_mask
+    from engine.imageio import is_supported, load_image, load_mask, save_image, save_mask
 
     src, out = Path(args.image), Path(args.output)
+    if not is_supported(out):  # fail before the slow part
+        raise RetouchError(f"Cannot tell the output format from '{out.name}'; use .jpg, .png, .tif or .webp.")
+    if args.mask_out and Path(args.mask_out).suffix.lower() != ".png":
+        raise RetouchError(f"Masks are saved as PNG; {Path(args.mask_out).name} does not end in .png.")
     inputs = [src] + ([Path(args.mask)] if args.mask else [])
     for target in [out] + ([Path(args.mask_out)] if args.mask_out else []):
         if any(_same(target, p) for p in inputs):

@@ -36,6 +36,8 @@ __all__ = [
     "Region",
     "MIN_SIDE",
     "MASK_FLOOR",
+    "FACE_RAMP",
+    "TILE_OVERLAP",
     "check_image",
     "face_regions",
     "tile_regions",

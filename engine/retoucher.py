@@ -49,7 +49,7 @@ ProgressFn = Callable[[float, str], None] | None
 CHANGE_TOLERANCE = 1.0 / 255.0
 
 
-@dataclass
+@dataclass(eq=False)
 class _RegionState:
     region: pl.Region
     enc: Encoded
@@ -59,7 +59,7 @@ class _RegionState:
     pred_delta_n: np.ndarray | None = None  # raw synthesis - input for the predicted mask (lazy)
 
 
-@dataclass
+@dataclass(eq=False)
 class Analysis:
     """What :meth:`Retoucher.analyze` found. ``mask`` is the full-resolution predicted mask.
 
@@ -287,7 +287,7 @@ class Retoucher:
             return
         sides = sorted(s.region.side for s in a.states)
         base = sides[len(sides) // 2] if sides else min(h, w) // 2
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(need, connectivity=8)
+        _, _, stats, _ = cv2.connectedComponentsWithStats(need, connectivity=8)
         new: list[pl.Region] = []
         for k in np.argsort(-stats[1:, cv2.CC_STAT_AREA]) + 1:
             x, y, bw, bh = (int(v) * f for v in stats[k, :4])

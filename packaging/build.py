@@ -31,6 +31,8 @@ SPEC = PACKAGING / "retouch_studio.spec"
 BUNDLE_NAME = "RetouchFormer Studio"  # == bundle_config.BUNDLE_NAME (asserted by tests)
 PYINSTALLER_REQ = "pyinstaller>=6.10"
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+#: torch version the app is tested with (.ci/run); used when the running Python has no torch.
+TESTED_TORCH = "2.13.0"
 
 
 class BuildError(RuntimeError):
@@ -63,14 +65,14 @@ def _runtime_requirements() -> list[str]:
     return [d for d in deps if not re.match(r"torch\b", d.strip())]
 
 
-def _default_torch_version() -> str | None:
-    """The torch version of the running Python, without its local tag (2.13.0+cpu -> 2.13.0)."""
-    try:
-        from importlib.metadata import PackageNotFoundError, version
+def _default_torch_version() -> str:
+    """The running Python's torch version without its local tag (2.13.0+cpu -> 2.13.0), else TESTED_TORCH."""
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         return version("torch").split("+")[0]
     except PackageNotFoundError:
-        return None
+        return TESTED_TORCH
 
 
 def _torch_install_args(args: argparse.Namespace) -> list[str]:
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="build with this Python's installed packages instead of an isolated venv (PyInstaller is installed if missing)")
     p.add_argument("--venv", help="build venv folder (default packaging/build/venv-VARIANT)")
     p.add_argument("--torch-version", default=_default_torch_version(),
-                   help="torch version to install in the build venv (default: this Python's torch version)")
+                   help=f"torch version for the build venv (default: this Python's torch, else {TESTED_TORCH}); '' = newest")
     p.add_argument("--torch-index-url", default=None,
                    help=f"pip index for torch; default {CPU_INDEX} for cpu (PyPI on macOS), PyPI for cuda; '' = PyPI")
     p.add_argument("--models-dir", help="folder with the *.safetensors + MODEL_CARD.md to ship (default resources/models)")

@@ -92,6 +92,7 @@ def test_device_label(retoucher):
 def test_face_path_bit_identical_outside_mask(retoucher, one_face):
     img = _skin()
     a = retoucher.analyze(img)
+    assert isinstance(a, Analysis)
     assert not a.used_tiles and a.message == "1 face found" and len(a.regions) == 1
     assert a.mask.shape == img.shape[:2] and a.mask.dtype == np.float32
     x0, y0, x1, y1 = a.regions[0]
