@@ -15,7 +15,8 @@ from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from app.document import Document
 from app.maskedit import Brush, Edit, Stroke
-from app.pyramid import blend, level_for_scale, overlay
+from app.pyramid import level_for_scale, overlay
+from engine.compositor import mix
 
 MIN_ZOOM, MAX_ZOOM = 0.01, 32.0
 
@@ -194,7 +195,7 @@ class Canvas(QWidget):
             base = before
         else:
             after = doc.after_levels[k][ly0:ly1, lx0:lx1]
-            base = blend(before, after, self.strength)
+            base = mix(before, after, self.strength)
             if split_col is not None and split_col > 0:
                 base = base.copy() if base is after or base is before else base
                 c = min(split_col, base.shape[1])

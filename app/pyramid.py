@@ -69,15 +69,6 @@ def level_for_scale(scale: float, n_levels: int) -> int:
     return int(np.clip(k, 0, n_levels - 1))
 
 
-def blend(before: np.ndarray, after: np.ndarray, strength: float) -> np.ndarray:
-    """Linear preview blend of two uint8 crops: before + strength * (after - before) (rounded)."""
-    if strength >= 1.0:
-        return after
-    if strength <= 0.0:
-        return before
-    return cv2.addWeighted(before, 1.0 - float(strength), after, float(strength), 0.0)
-
-
 def overlay(base: np.ndarray, mask_u8: np.ndarray, color: tuple[int, int, int], opacity: float) -> np.ndarray:
     """Tint ``base`` (HxWx3 uint8) with ``color`` weighted by ``mask_u8 / 255 * opacity``."""
     w2 = mask_u8.astype(np.float32)

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import cv2
 import numpy as np
 
 from engine.errors import ImageError, RetouchError
@@ -162,6 +163,19 @@ def composite(image: np.ndarray, correction: Correction, strength: float = 1.0) 
         np.clip(f, 0.0, top, out=f)
         out[y0:y1, x0:x1] = f
     return out
+
+
+def mix(before: np.ndarray, after: np.ndarray, strength: float) -> np.ndarray:
+    """``before + strength * (after - before)`` for two already-composited uint8 views.
+
+    The same linear rule as :func:`composite`, used by the GUI to preview a strength on the
+    display-sized before/after images without touching the full-resolution photo.
+    """
+    if strength >= 1.0:
+        return after
+    if strength <= 0.0:
+        return before
+    return cv2.addWeighted(before, 1.0 - float(strength), after, float(strength), 0.0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from app.maskedit import TILE, Brush, History, Stroke, brush_profile, diff_edit
-from app.pyramid import blend, build_pyramid, level_for_scale, update_pyramid
+from app.pyramid import build_pyramid, level_for_scale, update_pyramid
+from engine.compositor import mix as blend
 
 
 def test_brush_profile_hard_and_soft():

@@ -1,7 +1,6 @@
 """Tests of the skin mask and the blemish synthesiser on generated face-like images."""
 from __future__ import annotations
 
-import time
 
 import cv2
 import numpy as np
@@ -54,14 +53,9 @@ def test_skin_mask_covers_face_not_background_or_eyes() -> None:
     assert m[94, 64] < 0.5  # lips
 
 
-def test_skin_mask_empty_on_non_skin_and_fast() -> None:
+def test_skin_mask_empty_on_non_skin() -> None:
     grey = np.full((64, 64, 3), 0.5, np.float32)
     assert skin_mask(grey).max() == 0.0
-    img = make_face(256)
-    skin_mask(img)
-    t = time.perf_counter()
-    skin_mask(img)
-    assert time.perf_counter() - t < 0.2  # ~5 ms normally; generous for a shared CPU
 
 
 def test_skin_mask_rejects_bad_input() -> None:
@@ -159,17 +153,6 @@ def test_count_varies_between_images() -> None:
     skin = skin_mask(img)
     counts = [synthesize(img, np.random.default_rng(s), SynthConfig.only("papules"), skin=skin).counts["papules"] for s in range(20)]
     assert min(counts) <= 10 and max(counts) >= 25
-
-
-def test_speed_at_256() -> None:
-    img = make_face(256)
-    skin = skin_mask(img)
-    cfg = _many_cfg()
-    synthesize(img, np.random.default_rng(0), cfg, skin=skin)
-    t = time.perf_counter()
-    for s in range(5):
-        synthesize(img, np.random.default_rng(s), cfg, skin=skin)
-    assert (time.perf_counter() - t) / 5 < 0.15  # ~10 ms normally; generous for a shared CPU
 
 
 def test_bad_inputs() -> None:
