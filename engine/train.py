@@ -71,7 +71,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--ckpt-every", type=int, default=200)
     p.add_argument("--grid-every", type=int, default=500)
-    p.add_argument("--max-minutes", type=float, default=0, help="stop (with a checkpoint) after this wall time")
+    p.add_argument("--max-minutes", type=float, default=0, help="stop (with a checkpoint) after this wall time; run again to resume")
+    p.add_argument("--stop-at", type=int, default=0, help="stop (with a checkpoint) after this step; run again to resume")
     return p
 
 
@@ -276,7 +277,7 @@ def train(args: argparse.Namespace) -> Path:
             if step % args.grid_every == 0:
                 (run / "grids").mkdir(exist_ok=True)
                 _grid(run / "grids" / f"step{step:07d}.png", batch, out)
-            stop = args.max_minutes and (time.time() - started) > args.max_minutes * 60
+            stop = bool(args.max_minutes and (time.time() - started) > args.max_minutes * 60) or step == args.stop_at
             if step % args.ckpt_every == 0 or step == args.steps or stop:
                 _atomic_torch_save(
                     {
@@ -297,7 +298,7 @@ def train(args: argparse.Namespace) -> Path:
                 save_model(model.cpu(), run / "model.safetensors", extra={"step": step, "args": {k: str(v) for k, v in vars(args).items()}})
                 model.to(dev)
             if stop:
-                print(f"\nstopped after {args.max_minutes} min at step {step}; run the same command to resume", file=sys.stderr)
+                print(f"\nstopped at step {step}; run the same command to resume", file=sys.stderr)
                 break
     if log:
         log.close()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -117,6 +116,25 @@ def check_torch_variant(py: Path, variant: str) -> None:
                          "(e.g. --torch-index-url https://download.pytorch.org/whl/cu128) or build --variant cpu.")
 
 
+_PREFLIGHT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import bundle_config as c
+try:
+    c.variant(); c.model_datas(required=[c.default_model_name()]); c.cascade_datas()
+except c.BundleError as exc:
+    sys.exit(str(exc))
+"""
+
+
+def preflight(py: Path, env: dict[str, str]) -> None:
+    """What the spec will collect exists (weights, model card, cascades): one-line errors, no traceback."""
+    out = subprocess.run([str(py), "-c", _PREFLIGHT, str(PACKAGING)], env=env, cwd=ROOT, capture_output=True, text=True)
+    if out.returncode != 0:
+        lines = out.stderr.strip().splitlines()
+        raise BuildError(lines[-1] if lines else f"the pre-build check failed with exit status {out.returncode}.")
+
+
 def bundle_dir(dist: Path) -> Path:
     return dist / (f"{BUNDLE_NAME}.app" if sys.platform == "darwin" else BUNDLE_NAME)
 
@@ -171,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "RETOUCH_BUILD_VARIANT": args.variant, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         if args.models_dir:
             env["RETOUCH_MODELS_DIR"] = str(Path(args.models_dir).resolve())
+        preflight(py, env)
         cmd = [str(py), "-m", "PyInstaller", str(SPEC), "--noconfirm", "--distpath", str(dist), "--workpath", str(work)]
         if args.clean:
             cmd.append("--clean")
