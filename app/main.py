@@ -179,10 +179,14 @@ def _screenshot_when_ready(window, path: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    started = time.perf_counter()
     multiprocessing.freeze_support()
     parser = argparse.ArgumentParser(prog="retouch-studio", description="RetouchFormer Studio: face retouching.")
     parser.add_argument("photo", nargs="?", help="photo to open")
     parser.add_argument("--self-test", action="store_true", help="check the installation headless and exit")
+    parser.add_argument(
+        "--quit-when-ready", action="store_true", help="quit once the window is shown and the model loaded (start-up timing)"
+    )
     # Lenient: platforms may add their own arguments (e.g. macOS -psn_…); those are ignored.
     args, unknown = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
 
@@ -213,7 +217,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     shot = os.environ.get(SCREENSHOT_ENV)
     if shot:
         _screenshot_when_ready(w, shot)
+    if args.quit_when_ready:
+        _quit_when_ready(w, started)
     return app.exec()
+
+
+def _quit_when_ready(window, started: float) -> None:
+    """Print the time from main() to a shown window with the model loaded, then quit."""
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication
+
+    def poll() -> None:
+        if window.isVisible() and window.retoucher is not None and not window.busy:
+            _say(f"usable window after {time.perf_counter() - started:.2f} s")
+            QApplication.instance().quit()
+        else:
+            QTimer.singleShot(20, poll)
+
+    QTimer.singleShot(0, poll)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ PACKAGING = Path(__file__).resolve().parent
 ROOT = PACKAGING.parent
 SPEC = PACKAGING / "retouch_studio.spec"
 BUNDLE_NAME = "RetouchFormer Studio"  # == bundle_config.BUNDLE_NAME (asserted by tests)
-PYINSTALLER_REQ = "pyinstaller>=6.10"
+PYINSTALLER_REQ = "pyinstaller>=6.11"  # 6.11: torch hook symlink suppression
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 #: torch version the app is tested with (.ci/run); used when the running Python has no torch.
 TESTED_TORCH = "2.13.0"

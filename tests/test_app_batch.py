@@ -95,3 +95,14 @@ def test_self_test_entry_point(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "self-test passed" in proc.stdout and "device cpu" in proc.stdout
     assert (tmp_path / "data" / "logs" / "retouch-studio.log").exists()
+
+
+def test_quit_when_ready_reports_a_usable_window(tmp_path):
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", RETOUCH_STUDIO_DATA=str(tmp_path / "data"),
+               XDG_CONFIG_HOME=str(tmp_path / "config"), HOME=str(tmp_path), OMP_NUM_THREADS="1")
+    root = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", "import sys; from app.main import main; sys.exit(main(['--quit-when-ready']))"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "usable window after" in proc.stdout
