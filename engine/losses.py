@@ -50,6 +50,17 @@ def content(y: torch.Tensor, y_hat: torch.Tensor, l1_weight: float) -> torch.Ten
     return l1_weight * (y - y_hat).abs().mean() + perceptual(y, y_hat)
 
 
+def soft_jaccard(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 − Σ min-like overlap / Σ union per image (differentiable Soft-IoU), averaged over the batch.
+
+    Blemishes cover a few per cent of a face, so per-pixel BCE alone is dominated by clean skin
+    and yields timid masks; this term scores the mask as the evaluation does (Soft-IoU).
+    """
+    inter = (prob * target).flatten(1).sum(1)
+    union = (prob + target - prob * target).flatten(1).sum(1)
+    return (1.0 - (inter + 1.0) / (union + 1.0)).mean()
+
+
 def soft_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, target)
 

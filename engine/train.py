@@ -12,6 +12,8 @@ Deviations, each for a stated reason:
   confidence term uses the full binary cross-entropy against 1{φ > 0.05}; H̄ receives only EMA
   updates and serves as the teacher for the unpaired term λ·BCE(σ(H(x_u)), σ(H̄(x_u))). The
   one-sided terms as printed (only −log σ(H) on positives) are minimised by predicting 1 everywhere.
+- A soft-Jaccard term on σ(H) against φ is added to the mask losses (--iou): blemishes cover a few
+  per cent of a face, and per-pixel terms alone give timid masks.
 - The transformer is trained with the true mask φ on half of the paired samples and with H̄'s
   prediction on the other half, so that it learns from exact masks (as a user's brushed mask is)
   and from predicted ones.
@@ -62,6 +64,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--eta", type=float, default=10.0, help="η: L1 weight of L_con^rec")
     p.add_argument("--zeta", type=float, default=10.0, help="ζ: L1 weight of L_con^x2y")
     p.add_argument("--lam", type=float, default=0.5, help="λ: weight of the unpaired mask term")
+    p.add_argument("--iou", type=float, default=1.0, help="weight of the soft-Jaccard mask term (0: off)")
     p.add_argument("--adv", type=float, default=0.05, help="weight of the adversarial term for the generator")
     p.add_argument("--adv-start", type=int, default=1000, help="step at which the adversarial terms start")
     p.add_argument("--gt-mask-prob", type=float, default=0.5)
@@ -107,6 +110,7 @@ class GeneratorStep(nn.Module):
         logits = m.mask_logits(xa, recon, ema=False)
         out["mask_reg"] = (torch.sigmoid(logits) - phi).pow(2).mean()  # L_H̄ (on H, see module doc)
         out["mask_bce"] = losses.soft_bce(logits, (phi > 0.05).float())  # L_H, paired part
+        out["mask_iou"] = a.iou * losses.soft_jaccard(torch.sigmoid(logits), phi)
         with torch.no_grad():
             pred = torch.sigmoid(m.mask_logits(xa, recon, ema=True))
         used = torch.where(use_gt[:, None, None, None], phi, pred)
@@ -231,7 +235,7 @@ def train(args: argparse.Namespace) -> Path:
         use_gt = torch.from_numpy(rng.random(xa.shape[0]) < args.gt_mask_prob).to(dev)
         out = gstep(y, xa, phi, xu, use_gt)
         adv_on = step >= args.adv_start
-        loss_names = ["prior", "rec", "mask_reg", "mask_bce", "x2y", "fill", "mask_unpaired"]
+        loss_names = ["prior", "rec", "mask_reg", "mask_bce", "mask_iou", "x2y", "fill", "mask_unpaired"]
         g_loss = sum(out[k] for k in loss_names if k in out)
         if adv_on:  # L_adv^syn through D (not its DDP wrapper: D is not updated here)
             fake_logits = disc(out["y_hat"], out["used_mask"])
