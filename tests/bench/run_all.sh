@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Every figure in the README, in one go, on a quiet machine: model, pipeline and GUI benchmarks,
+# the evaluation table and the README figure. Usage: bash tests/bench/run_all.sh [OUT_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${1:-runs/figures}
+PY=${PYTHON:-.venv/bin/python}
+mkdir -p "$OUT"
+$PY tests/bench/bench_model.py --repeat 3 | tee "$OUT/bench_model.md"
+$PY tests/bench/bench_pipeline.py --repeat 3 | tee "$OUT/bench_pipeline.md"
+QT_QPA_PLATFORM=offscreen $PY tests/bench/bench_gui.py | tee "$OUT/bench_gui.md"
+QT_QPA_PLATFORM=offscreen /usr/bin/time -f "wall %e s" .venv/bin/retouch-studio --quit-when-ready 2>&1 | tee "$OUT/startup.txt"
+$PY -m engine.evaluate --count 200 --json "$OUT/eval.json" | tee "$OUT/eval.md"
+$PY tests/bench/make_figure.py | tee "$OUT/figure.txt"
