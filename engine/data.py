@@ -14,7 +14,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from engine.imageio import SUPPORTED_SUFFIXES, load_image, to_float
+from engine.imageio import SUPPORTED_SUFFIXES, from_float, load_image, to_float
 from engine.synth import SynthConfig, synthesize
 
 HOLDOUT_FRACTION = 0.1
@@ -43,7 +43,7 @@ def load_square(path: Path, size: int) -> np.ndarray:
     """Load with the project loader, centre-crop to square, resize to ``size``; uint8 RGB."""
     px = load_image(path).pixels
     if px.dtype != np.uint8:
-        px = (px.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+        px = from_float(to_float(px), np.uint8)
     h, w = px.shape[:2]
     s = min(h, w)
     y0, x0 = (h - s) // 2, (w - s) // 2
