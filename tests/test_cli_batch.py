@@ -1,6 +1,8 @@
 """The `retouch` command line and folder batches (tiny model in a temporary checkpoint)."""
 from __future__ import annotations
 
+import functools
+
 import os
 import subprocess
 import sys
@@ -63,7 +65,10 @@ def _exif(orientation: int = 1) -> bytes:
     return ex.tobytes()
 
 
+@functools.lru_cache(maxsize=1)
 def _icc() -> bytes:
+    # one profile per test run: the profile header records its creation time, so two calls a
+    # second apart give different bytes
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
