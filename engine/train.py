@@ -83,9 +83,10 @@ def _config(args: argparse.Namespace) -> ModelConfig:
     overrides: dict[str, Any] = {}
     for item in args.set:
         key, _, value = item.partition("=")
-        overrides[key] = json.loads(value) if value[:1] in "[{0123456789-tf" and value not in ("single", "global", "selective", "multi") else value
-        if value in ("true", "false"):
-            overrides[key] = value == "true"
+        try:  # numbers, true/false and lists are JSON; anything else is a plain string
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
     return ModelConfig.preset(args.preset, **overrides)
 
 
@@ -267,6 +268,11 @@ def train(args: argparse.Namespace) -> Path:
             out["d"] = d_loss.detach()
             sched_d.step()
         step += 1
+        stop = bool(args.max_minutes and (time.time() - started) > args.max_minutes * 60) or step == args.stop_at
+        if distributed:  # every rank stops at the same step, or the others would wait forever
+            flag = torch.tensor(float(stop), device=dev)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            stop = bool(flag.item())
         if rank == 0:
             scalars = {k: float(v.detach()) for k, v in out.items() if torch.is_tensor(v) and v.ndim == 0}
             if step % args.log_every == 0 or step == args.steps:
@@ -281,7 +287,6 @@ def train(args: argparse.Namespace) -> Path:
             if step % args.grid_every == 0:
                 (run / "grids").mkdir(exist_ok=True)
                 _grid(run / "grids" / f"step{step:07d}.png", batch, out)
-            stop = bool(args.max_minutes and (time.time() - started) > args.max_minutes * 60) or step == args.stop_at
             if step % args.ckpt_every == 0 or step == args.steps or stop:
                 _atomic_torch_save(
                     {
@@ -299,11 +304,11 @@ def train(args: argparse.Namespace) -> Path:
                     },
                     ckpt,
                 )
-                save_model(model.cpu(), run / "model.safetensors", extra={"step": step, "args": {k: str(v) for k, v in vars(args).items()}})
-                model.to(dev)
+                save_model(model, run / "model.safetensors", extra={"step": step, "args": {k: str(v) for k, v in vars(args).items()}})
             if stop:
                 print(f"\nstopped at step {step}; run the same command to resume", file=sys.stderr)
-                break
+        if stop:
+            break
     if log:
         log.close()
         print(file=sys.stderr)
