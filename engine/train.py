@@ -12,6 +12,9 @@ Deviations, each for a stated reason:
   confidence term uses the full binary cross-entropy against 1{φ > 0.05}; H̄ receives only EMA
   updates and serves as the teacher for the unpaired term λ·BCE(σ(H(x_u)), σ(H̄(x_u))). The
   one-sided terms as printed (only −log σ(H) on positives) are minimised by predicting 1 everywhere.
+  Its weight is --conf: a binary target on soft blemish edges pushes H to over-predict (the
+  shipped model's mask of 0.5 meant a true blend weight of about 0.2), so a fine-tuning run can
+  lower it.
 - A soft-Jaccard term on σ(H) against φ is added to the mask losses (--iou): blemishes cover a few
   per cent of a face, and per-pixel terms alone give timid masks.
 - The transformer is trained with the true mask φ on half of the paired samples and with H̄'s
@@ -21,6 +24,8 @@ Deviations, each for a stated reason:
 Runs on CPU or CUDA; under torchrun it uses DistributedDataParallel with no code change.
 Checkpoints (model, discriminator, optimisers, schedulers, step, RNG) are written atomically to
 RUN_DIR/last.pt and resumed automatically; the generator is exported to RUN_DIR/model.safetensors.
+--init starts a new run (fresh optimisers, schedule and step count) from an earlier run's weights,
+for a warm restart with a new learning rate, crop size or loss weights.
 """
 from __future__ import annotations
 
@@ -40,7 +45,8 @@ from torch import nn
 
 from engine import losses
 from engine.data import Batch, TrainingData
-from engine.model import ModelConfig, PixelDiscriminator, RetouchFormer, save_model
+from engine.model import ModelConfig, PixelDiscriminator, RetouchFormer, load_model, save_model
+from engine.errors import WeightsError
 from engine.model.layers import mask_to
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -65,6 +71,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--zeta", type=float, default=10.0, help="ζ: L1 weight of L_con^x2y")
     p.add_argument("--lam", type=float, default=0.5, help="λ: weight of the unpaired mask term")
     p.add_argument("--iou", type=float, default=1.0, help="weight of the soft-Jaccard mask term (0: off)")
+    p.add_argument("--conf", type=float, default=1.0, help="weight of the binary confidence term of L_H on paired data")
+    p.add_argument("--init", type=Path, help="start a new run from these weights (model .safetensors, or a run's last.pt for the discriminator too)")
     p.add_argument("--adv", type=float, default=0.05, help="weight of the adversarial term for the generator")
     p.add_argument("--adv-start", type=int, default=1000, help="step at which the adversarial terms start")
     p.add_argument("--gt-mask-prob", type=float, default=0.5)
@@ -110,7 +118,7 @@ class GeneratorStep(nn.Module):
         recon = m.prior(feats, xa).recon.detach()
         logits = m.mask_logits(xa, recon, ema=False)
         out["mask_reg"] = (torch.sigmoid(logits) - phi).pow(2).mean()  # L_H̄ (on H, see module doc)
-        out["mask_bce"] = losses.soft_bce(logits, (phi > 0.05).float())  # L_H, paired part
+        out["mask_bce"] = a.conf * losses.soft_bce(logits, (phi > 0.05).float())  # L_H, paired part
         out["mask_iou"] = a.iou * losses.soft_jaccard(torch.sigmoid(logits), phi)
         with torch.no_grad():
             pred = torch.sigmoid(m.mask_logits(xa, recon, ema=True))
@@ -170,6 +178,25 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _initialise(model: RetouchFormer, disc: PixelDiscriminator, path: Path, cfg: ModelConfig, dev: torch.device) -> None:
+    """Load the weights of an earlier run into a new one (fresh optimisers, schedule and step)."""
+    if not path.is_file():
+        raise SystemExit(f"--init: {path} does not exist.")
+    if path.suffix == ".safetensors":
+        try:
+            model.load_state_dict(load_model(path, expected=cfg).state_dict())
+        except WeightsError as exc:
+            raise SystemExit(f"--init: {exc}") from None
+        return
+    state = torch.load(path, map_location=dev, weights_only=False)
+    if not isinstance(state, dict) or "model" not in state:
+        raise SystemExit(f"--init: {path} is neither a model .safetensors file nor a training checkpoint (last.pt).")
+    if state.get("config") != cfg.to_dict():
+        raise SystemExit(f"--init: {path} was trained with a different model configuration.")
+    model.load_state_dict(state["model"])
+    disc.load_state_dict(state["disc"])
+
+
 def train(args: argparse.Namespace) -> Path:
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank = 0
@@ -214,6 +241,10 @@ def train(args: argparse.Namespace) -> Path:
         random.setstate(state["py_rng"])
         if rank == 0:
             print(f"resumed from {ckpt} at step {step}", file=sys.stderr)
+    elif args.init is not None:
+        _initialise(model, disc, Path(args.init), cfg, dev)
+        if rank == 0:
+            print(f"initialised from {args.init}", file=sys.stderr)
     clean = args.clean if args.clean is not None else [DEFAULT_DATA / "faces"]
     raw = [] if args.no_unpaired else (args.raw if args.raw is not None else [DEFAULT_DATA / "acne-faces"])
     data = TrainingData(cfg.image_size, args.crop, clean, args.paired, raw, args.gamma, seed=args.seed)

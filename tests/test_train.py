@@ -85,6 +85,26 @@ def test_resume_refuses_a_different_config(dataset, tmp_path) -> None:
         train(_args(dataset, run, 4, "--set", "attention=global"))
 
 
+def test_init_starts_a_new_run_from_earlier_weights(dataset, tmp_path) -> None:
+    first = tmp_path / "first"
+    train(_args(dataset, first, 2))
+    before = load_model(first / "model.safetensors").state_dict()
+    for source in (first / "last.pt", first / "model.safetensors"):
+        run = tmp_path / f"ft_{source.suffix[1:]}"
+        train(_args(dataset, run, 1, "--init", str(source), "--conf", "0.25", "--lr", "0"))
+        log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in log] == [1]  # a fresh schedule, not a resume at step 2
+        after = load_model(run / "model.safetensors").state_dict()
+        # lr 0: the generator weights are exactly those it started from (only H̄'s EMA moves)
+        for k, v in before.items():
+            if not k.startswith("masknet.ema."):
+                assert torch.equal(v, after[k]), k
+    with pytest.raises(SystemExit, match="different model configuration"):
+        train(_args(dataset, tmp_path / "bad", 1, "--init", str(first / "last.pt"), "--set", "attention=global"))
+    with pytest.raises(SystemExit, match="does not exist"):
+        train(_args(dataset, tmp_path / "missing", 1, "--init", str(tmp_path / "nope.safetensors")))
+
+
 def test_ablation_switches_train(dataset, tmp_path) -> None:
     for extra in (["--set", "tokens=single"], ["--set", "prior=false"], ["--no-unpaired"]):
         out = train(_args(dataset, tmp_path / "_".join(extra), 1, *extra))
