@@ -8,6 +8,9 @@ training never sees, engine.data.is_holdout), report the mean over images of
 for each model given and for three baselines: the untouched input, edge-preserving skin
 smoothing (bilateral, engine.baselines.bilateral_smooth) and classical spot healing (spot
 detection + OpenCV inpainting, engine.baselines.spot_heal).
+
+--by-kind repeats the evaluation once per blemish kind of the synthesiser (papules, dark spots,
+scars, redness, under-eye circles, each alone), to show where a model's mask falls short.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import torch
 
 from engine import baselines, metrics
 from engine.data import eval_pairs
+from engine.synth import BLEMISH_KINDS, SynthConfig
 from engine.model import load_model
 from engine.paths import default_weights_path
 from engine.skin import skin_mask
@@ -42,6 +46,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--json", type=Path, help="write the table as JSON")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--by-kind", action="store_true", help="also evaluate each blemish kind on its own")
     return p
 
 
@@ -87,7 +92,9 @@ def score(results: list[tuple[np.ndarray, np.ndarray | None]], cleans: list[np.n
     return {"psnr": mean(ps), "ssim": mean(ss), "psnr_blemish": mean(pin), "soft_iou": mean(iou)}
 
 
-def evaluate(models: dict[str, Path], clean_dir: Path, count: int, seed: int, with_baselines: bool = True) -> dict[str, dict[str, float | None]]:
+def evaluate(
+    models: dict[str, Path], clean_dir: Path, count: int, seed: int, with_baselines: bool = True, synth: SynthConfig | None = None
+) -> dict[str, dict[str, float | None]]:
     methods: dict[str, Method] = baseline_methods() if with_baselines else {}
     size = None
     for name, path in models.items():
@@ -95,7 +102,7 @@ def evaluate(models: dict[str, Path], clean_dir: Path, count: int, seed: int, wi
         if size not in (None, s):
             raise SystemExit("all models in one evaluation must share the native resolution")
         size = s
-    pairs = list(eval_pairs(clean_dir, size or 256, count, seed))
+    pairs = list(eval_pairs(clean_dir, size or 256, count, seed, synth))
     if not pairs:
         raise SystemExit(f"no held-out portraits found in {clean_dir}")
     raws = [p[1] for p in pairs]
@@ -128,6 +135,20 @@ def markdown(table: dict[str, dict[str, float | None]]) -> str:
     return "\n".join(lines)
 
 
+def markdown_by_kind(tables: dict[str, dict[str, dict[str, float | None]]]) -> str:
+    """One row per blemish kind and method: PSNR inside the blemishes and the mask's Soft-IoU."""
+
+    def f(v: float | None, digits: int) -> str:
+        return "n/a" if v is None else f"{v:.{digits}f}"
+
+    lines = ["| blemish kind (alone) | method | PSNR in blemishes (dB) | Soft-IoU of mask |", "|---|---|---|---|"]
+    for kind, table in tables.items():
+        for name, row in table.items():
+            if not name.startswith("_"):
+                lines.append(f"| {kind} | {name} | {f(row['psnr_blemish'], 2)} | {f(row['soft_iou'], 3)} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
@@ -138,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         models[name or Path(path).stem] = Path(path)
     table = evaluate(models, args.clean, args.count, args.seed, not args.no_baselines)
     print(markdown(table))
+    if args.by_kind:
+        kinds = {k: evaluate(models, args.clean, args.count, args.seed, not args.no_baselines, SynthConfig.only(k)) for k in BLEMISH_KINDS}
+        print()
+        print(markdown_by_kind(kinds))
+        table["_by_kind"] = kinds  # type: ignore[assignment]
     if args.json:
         from engine.imageio import atomic_write_bytes
 
