@@ -72,6 +72,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--lam", type=float, default=0.5, help="λ: weight of the unpaired mask term")
     p.add_argument("--iou", type=float, default=1.0, help="weight of the soft-Jaccard mask term (0: off)")
     p.add_argument("--conf", type=float, default=1.0, help="weight of the binary confidence term of L_H on paired data")
+    p.add_argument("--only", choices=["all", "mask"], default="all", help="'mask': a refinement stage that trains only the mask net H (and H̄ by EMA); the rest stays frozen")
     p.add_argument("--init", type=Path, help="start a new run from these weights (model .safetensors, or a run's last.pt for the discriminator too)")
     p.add_argument("--adv", type=float, default=0.05, help="weight of the adversarial term for the generator")
     p.add_argument("--adv-start", type=int, default=1000, help="step at which the adversarial terms start")
@@ -107,6 +108,8 @@ class GeneratorStep(nn.Module):
 
     def forward(self, y: torch.Tensor, xa: torch.Tensor, phi: torch.Tensor, xu: torch.Tensor | None, use_gt: torch.Tensor) -> dict[str, torch.Tensor]:
         m, a = self.model, self.args
+        if a.only == "mask":
+            return self._mask_only(xa, phi, xu)
         out: dict[str, torch.Tensor] = {}
         # L_prior + L_con^rec on clean images y
         feats_y = m.encoder(y)
@@ -116,10 +119,7 @@ class GeneratorStep(nn.Module):
         # paired: mask terms and L_con^x2y
         feats = m.encoder(xa)
         recon = m.prior(feats, xa).recon.detach()
-        logits = m.mask_logits(xa, recon, ema=False)
-        out["mask_reg"] = (torch.sigmoid(logits) - phi).pow(2).mean()  # L_H̄ (on H, see module doc)
-        out["mask_bce"] = a.conf * losses.soft_bce(logits, (phi > 0.05).float())  # L_H, paired part
-        out["mask_iou"] = a.iou * losses.soft_jaccard(torch.sigmoid(logits), phi)
+        self._mask_losses(xa, phi, recon, out)
         with torch.no_grad():
             pred = torch.sigmoid(m.mask_logits(xa, recon, ema=True))
         used = torch.where(use_gt[:, None, None, None], phi, pred)
@@ -135,12 +135,37 @@ class GeneratorStep(nn.Module):
         if xu is not None:
             fu = m.encoder(xu)
             ru = m.prior(fu, xu).recon.detach()
-            with torch.no_grad():
-                teacher = torch.sigmoid(m.mask_logits(xu, ru, ema=True))
-            out["mask_unpaired"] = a.lam * losses.soft_bce(m.mask_logits(xu, ru, ema=False), teacher)
+            teacher = self._unpaired_mask(xu, ru, out)
             fr = m.transformer(m.tokens(fu), m.token_weights(teacher, fu[3]))
             out["yu_hat"], _ = m.synthesis(fr, fu, xu, teacher)
             out["xu_mask"] = teacher
+        return out
+
+    def _mask_losses(self, xa: torch.Tensor, phi: torch.Tensor, recon: torch.Tensor, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        m, a = self.model, self.args
+        logits = m.mask_logits(xa, recon, ema=False)
+        out["mask_reg"] = (torch.sigmoid(logits) - phi).pow(2).mean()  # L_H̄ (on H, see module doc)
+        out["mask_bce"] = a.conf * losses.soft_bce(logits, (phi > 0.05).float())  # L_H, paired part
+        out["mask_iou"] = a.iou * losses.soft_jaccard(torch.sigmoid(logits), phi)
+        return logits
+
+    def _unpaired_mask(self, xu: torch.Tensor, ru: torch.Tensor, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        m, a = self.model, self.args
+        with torch.no_grad():
+            teacher = torch.sigmoid(m.mask_logits(xu, ru, ema=True))
+        out["mask_unpaired"] = a.lam * losses.soft_bce(m.mask_logits(xu, ru, ema=False), teacher)
+        return teacher
+
+    def _mask_only(self, xa: torch.Tensor, phi: torch.Tensor, xu: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The refinement stage (--only mask): E, P and R run without gradients; only H learns."""
+        m = self.model
+        out: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            recon = m.prior(m.encoder(xa), xa).recon
+            ru = m.prior(m.encoder(xu), xu).recon if xu is not None else None
+        out["used_mask"] = torch.sigmoid(self._mask_losses(xa, phi, recon, out)).detach()
+        if xu is not None:
+            self._unpaired_mask(xu, ru, out)
         return out
 
 
@@ -216,7 +241,8 @@ def train(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed + rank)
     model = RetouchFormer(cfg).to(dev)
     disc = PixelDiscriminator(cfg).to(dev)
-    gen_params = [p for p in model.parameters() if p.requires_grad]
+    trained = model.masknet.online if args.only == "mask" else model
+    gen_params = [p for p in trained.parameters() if p.requires_grad]
     opt_g = torch.optim.Adam(gen_params, lr=args.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=args.lr, betas=(0.5, 0.999))
     sched_g = torch.optim.lr_scheduler.CosineAnnealingLR(opt_g, T_max=args.steps, eta_min=args.lr * 0.05)
@@ -266,7 +292,7 @@ def train(args: argparse.Namespace) -> Path:
         xu = _to(batch.unpaired, dev) if batch.unpaired is not None else None
         use_gt = torch.from_numpy(rng.random(xa.shape[0]) < args.gt_mask_prob).to(dev)
         out = gstep(y, xa, phi, xu, use_gt)
-        adv_on = step >= args.adv_start
+        adv_on = step >= args.adv_start and args.only == "all"
         loss_names = ["prior", "rec", "mask_reg", "mask_bce", "mask_iou", "x2y", "fill", "mask_unpaired"]
         g_loss = sum(out[k] for k in loss_names if k in out)
         if adv_on:  # L_adv^syn through D (not its DDP wrapper: D is not updated here)
@@ -316,6 +342,9 @@ def train(args: argparse.Namespace) -> Path:
                 main = " ".join(f"{k}={v:.4f}" for k, v in scalars.items())
                 print(f"\r[{bar:<30}] {step}/{args.steps} {rate:.2f} it/s ETA {eta / 60:.0f} min  {main}", end="", file=sys.stderr, flush=True)
             if step % args.grid_every == 0:
+                if "y_hat" not in out:  # mask-only stage: show what the frozen T and G make of the mask
+                    with torch.no_grad():
+                        out["y_hat"] = model(xa, out["used_mask"]).image
                 (run / "grids").mkdir(exist_ok=True)
                 _grid(run / "grids" / f"step{step:07d}.png", batch, out)
             if step % args.ckpt_every == 0 or step == args.steps or stop:

@@ -105,6 +105,24 @@ def test_init_starts_a_new_run_from_earlier_weights(dataset, tmp_path) -> None:
         train(_args(dataset, tmp_path / "missing", 1, "--init", str(tmp_path / "nope.safetensors")))
 
 
+def test_mask_only_stage_trains_only_the_mask_net(dataset, tmp_path) -> None:
+    first = tmp_path / "first"
+    train(_args(dataset, first, 2))
+    before = load_model(first / "model.safetensors").state_dict()
+    run = tmp_path / "mask"
+    train(_args(dataset, run, 2, "--init", str(first / "last.pt"), "--only", "mask", "--lr", "1e-3"))
+    after = load_model(run / "model.safetensors").state_dict()
+    changed = {k for k, v in before.items() if not torch.equal(v, after[k])}
+    assert changed and all(k.startswith("masknet.") for k in changed), sorted(changed)[:5]
+    assert any(k.startswith("masknet.online.") for k in changed) and any(k.startswith("masknet.ema.") for k in changed)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert {"mask_reg", "mask_bce", "mask_iou", "mask_unpaired"} <= set(log[-1])
+    assert not {"rec", "x2y", "adv_g", "d"} & set(log[-1])  # nothing else is trained, D neither
+    assert (run / "grids" / "step0000002.png").exists()
+    state = torch.load(run / "last.pt", weights_only=False)
+    assert state["step"] == 2 and len(state["opt_g"]["param_groups"][0]["params"]) == len(list(load_model(run / "model.safetensors").masknet.online.parameters()))
+
+
 def test_ablation_switches_train(dataset, tmp_path) -> None:
     for extra in (["--set", "tokens=single"], ["--set", "prior=false"], ["--no-unpaired"]):
         out = train(_args(dataset, tmp_path / "_".join(extra), 1, *extra))
