@@ -74,6 +74,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--conf", type=float, default=1.0, help="weight of the binary confidence term of L_H on paired data")
     p.add_argument("--only", choices=["all", "mask"], default="all", help="'mask': a refinement stage that trains only the mask net H (and H̄ by EMA); the rest stays frozen")
     p.add_argument("--init", type=Path, help="start a new run from these weights (model .safetensors, or a run's last.pt for the discriminator too)")
+    p.add_argument("--fill-outside", type=float, default=0.0, help="L1 weight of the raw synthesis against y outside the blemishes (robustness to masks that are too wide)")
     p.add_argument("--adv", type=float, default=0.05, help="weight of the adversarial term for the generator")
     p.add_argument("--adv-start", type=int, default=1000, help="step at which the adversarial terms start")
     p.add_argument("--gt-mask-prob", type=float, default=0.5)
@@ -130,6 +131,8 @@ class GeneratorStep(nn.Module):
         # the raw synthesis must be clean wherever there really is an imperfection
         region = (phi > 0.02).float()
         out["fill"] = a.zeta * ((synth - y_a).abs() * region).sum() / (3 * region.sum()).clamp_min(1.0)
+        if a.fill_outside:  # and clean skin stays as it is wherever a (predicted or brushed) mask overshoots
+            out["fill_outside"] = a.fill_outside * ((synth - y_a).abs() * (1.0 - region)).sum() / (3 * (1.0 - region).sum()).clamp_min(1.0)
         out["y_hat"], out["used_mask"], out["synth"] = ya_hat, used, synth
         # unpaired raw images: mask consistency with the EMA teacher, and outputs for the adversary
         if xu is not None:
@@ -293,7 +296,7 @@ def train(args: argparse.Namespace) -> Path:
         use_gt = torch.from_numpy(rng.random(xa.shape[0]) < args.gt_mask_prob).to(dev)
         out = gstep(y, xa, phi, xu, use_gt)
         adv_on = step >= args.adv_start and args.only == "all"
-        loss_names = ["prior", "rec", "mask_reg", "mask_bce", "mask_iou", "x2y", "fill", "mask_unpaired"]
+        loss_names = ["prior", "rec", "mask_reg", "mask_bce", "mask_iou", "x2y", "fill", "fill_outside", "mask_unpaired"]
         g_loss = sum(out[k] for k in loss_names if k in out)
         if adv_on:  # L_adv^syn through D (not its DDP wrapper: D is not updated here)
             fake_logits = disc(out["y_hat"], out["used_mask"])

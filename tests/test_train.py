@@ -123,6 +123,15 @@ def test_mask_only_stage_trains_only_the_mask_net(dataset, tmp_path) -> None:
     assert state["step"] == 2 and len(state["opt_g"]["param_groups"][0]["params"]) == len(list(load_model(run / "model.safetensors").masknet.online.parameters()))
 
 
+def test_fill_outside_term_is_logged_only_when_asked(dataset, tmp_path) -> None:
+    train(_args(dataset, tmp_path / "off", 1))
+    train(_args(dataset, tmp_path / "on", 1, "--fill-outside", "10"))
+    off = json.loads((tmp_path / "off" / "log.jsonl").read_text().splitlines()[-1])
+    on = json.loads((tmp_path / "on" / "log.jsonl").read_text().splitlines()[-1])
+    assert "fill_outside" not in off and on["fill_outside"] > 0
+    assert on["x2y"] == pytest.approx(off["x2y"])  # same data and weights at step 1: only the new term differs
+
+
 def test_ablation_switches_train(dataset, tmp_path) -> None:
     for extra in (["--set", "tokens=single"], ["--set", "prior=false"], ["--no-unpaired"]):
         out = train(_args(dataset, tmp_path / "_".join(extra), 1, *extra))
