@@ -12,9 +12,9 @@ Deviations, each for a stated reason:
   confidence term uses the full binary cross-entropy against 1{φ > 0.05}; H̄ receives only EMA
   updates and serves as the teacher for the unpaired term λ·BCE(σ(H(x_u)), σ(H̄(x_u))). The
   one-sided terms as printed (only −log σ(H) on positives) are minimised by predicting 1 everywhere.
-  Its weight is --conf: a binary target on soft blemish edges pushes H to over-predict (the
-  shipped model's mask of 0.5 meant a true blend weight of about 0.2), so a fine-tuning run can
-  lower it.
+  Its weight is --conf. (A binary target on soft blemish edges pushes H to over-predict: the
+  shipped model's mask of 0.5 means a true blend weight of about 0.2. Fine-tuning with --conf 0.25
+  made the masks weaker everywhere rather than more precise; see the model card.)
 - A soft-Jaccard term on σ(H) against φ is added to the mask losses (--iou): blemishes cover a few
   per cent of a face, and per-pixel terms alone give timid masks.
 - The transformer is trained with the true mask φ on half of the paired samples and with H̄'s
