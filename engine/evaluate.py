@@ -26,10 +26,10 @@ import torch
 
 from engine import baselines, metrics
 from engine.data import eval_pairs
-from engine.synth import BLEMISH_KINDS, SynthConfig
 from engine.model import load_model
 from engine.paths import default_weights_path
 from engine.skin import skin_mask
+from engine.synth import BLEMISH_KINDS, SynthConfig
 
 DEFAULT_CLEAN = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "faces"
 BLEMISH_THRESHOLD = 0.2
@@ -118,10 +118,12 @@ def evaluate(
     return table
 
 
-def markdown(table: dict[str, dict[str, float | None]]) -> str:
-    def f(v: float | None, digits: int) -> str:
-        return "n/a" if v is None else f"{v:.{digits}f}"
+def _fmt(v: float | None, digits: int) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
 
+
+def markdown(table: dict[str, dict[str, float | None]]) -> str:
+    f = _fmt
     lines = [
         "| method | PSNR (dB) | SSIM | PSNR in blemishes (dB) | Soft-IoU of mask | s / image |",
         "|---|---|---|---|---|---|",
@@ -137,10 +139,7 @@ def markdown(table: dict[str, dict[str, float | None]]) -> str:
 
 def markdown_by_kind(tables: dict[str, dict[str, dict[str, float | None]]]) -> str:
     """One row per blemish kind and method: PSNR inside the blemishes and the mask's Soft-IoU."""
-
-    def f(v: float | None, digits: int) -> str:
-        return "n/a" if v is None else f"{v:.{digits}f}"
-
+    f = _fmt
     lines = ["| blemish kind (alone) | method | PSNR in blemishes (dB) | Soft-IoU of mask |", "|---|---|---|---|"]
     for kind, table in tables.items():
         for name, row in table.items():

@@ -45,8 +45,8 @@ from torch import nn
 
 from engine import losses
 from engine.data import Batch, TrainingData
-from engine.model import ModelConfig, PixelDiscriminator, RetouchFormer, load_model, save_model
 from engine.errors import WeightsError
+from engine.model import ModelConfig, PixelDiscriminator, RetouchFormer, load_model, save_model
 from engine.model.layers import mask_to
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -132,7 +132,8 @@ class GeneratorStep(nn.Module):
         region = (phi > 0.02).float()
         out["fill"] = a.zeta * ((synth - y_a).abs() * region).sum() / (3 * region.sum()).clamp_min(1.0)
         if a.fill_outside:  # and clean skin stays as it is wherever a (predicted or brushed) mask overshoots
-            out["fill_outside"] = a.fill_outside * ((synth - y_a).abs() * (1.0 - region)).sum() / (3 * (1.0 - region).sum()).clamp_min(1.0)
+            outside = 1.0 - region
+            out["fill_outside"] = a.fill_outside * ((synth - y_a).abs() * outside).sum() / (3 * outside.sum()).clamp_min(1.0)
         out["y_hat"], out["used_mask"], out["synth"] = ya_hat, used, synth
         # unpaired raw images: mask consistency with the EMA teacher, and outputs for the adversary
         if xu is not None:
@@ -206,6 +207,21 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _load_checkpoint(path: Path, cfg: ModelConfig, dev: torch.device, model: RetouchFormer, disc: PixelDiscriminator, refusal: str) -> dict[str, Any]:
+    """Load a run's last.pt into ``model`` and ``disc`` (same configuration only); returns the whole state."""
+    try:
+        state = torch.load(path, map_location=dev, weights_only=False)
+    except Exception as exc:  # truncated or not a torch file at all
+        raise SystemExit(f"{path} is not a readable training checkpoint (last.pt): {type(exc).__name__}.") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise SystemExit(f"{path} is neither a model .safetensors file nor a training checkpoint (last.pt).")
+    if state.get("config") != cfg.to_dict():
+        raise SystemExit(refusal)
+    model.load_state_dict(state["model"])
+    disc.load_state_dict(state["disc"])
+    return state
+
+
 def _initialise(model: RetouchFormer, disc: PixelDiscriminator, path: Path, cfg: ModelConfig, dev: torch.device) -> None:
     """Load the weights of an earlier run into a new one (fresh optimisers, schedule and step)."""
     if not path.is_file():
@@ -216,13 +232,7 @@ def _initialise(model: RetouchFormer, disc: PixelDiscriminator, path: Path, cfg:
         except WeightsError as exc:
             raise SystemExit(f"--init: {exc}") from None
         return
-    state = torch.load(path, map_location=dev, weights_only=False)
-    if not isinstance(state, dict) or "model" not in state:
-        raise SystemExit(f"--init: {path} is neither a model .safetensors file nor a training checkpoint (last.pt).")
-    if state.get("config") != cfg.to_dict():
-        raise SystemExit(f"--init: {path} was trained with a different model configuration.")
-    model.load_state_dict(state["model"])
-    disc.load_state_dict(state["disc"])
+    _load_checkpoint(path, cfg, dev, model, disc, f"--init: {path} was trained with a different model configuration.")
 
 
 def train(args: argparse.Namespace) -> Path:
@@ -254,11 +264,8 @@ def train(args: argparse.Namespace) -> Path:
     step = 0
     ckpt = run / "last.pt"
     if ckpt.exists():
-        state = torch.load(ckpt, map_location=dev, weights_only=False)
-        if state["config"] != cfg.to_dict():
-            raise SystemExit(f"{ckpt} was trained with a different model configuration; use a new --run directory.")
-        model.load_state_dict(state["model"])
-        disc.load_state_dict(state["disc"])
+        refusal = f"{ckpt} was trained with a different model configuration; use a new --run directory."
+        state = _load_checkpoint(ckpt, cfg, dev, model, disc, refusal)
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
         sched_g.load_state_dict(state["sched_g"])

@@ -12,7 +12,7 @@ from engine import evaluate, metrics
 from engine.data import eval_pairs, is_holdout
 from engine.imageio import from_float, save_image
 from engine.model import ModelConfig, RetouchFormer, save_model
-from engine.synth import BLEMISH_KINDS
+from engine.synth import BLEMISH_KINDS, SynthConfig
 from tests.test_synth import make_face
 
 
@@ -63,6 +63,6 @@ def test_eval_by_kind(setup, capsys) -> None:
     printed = capsys.readouterr().out
     assert all(f"| {k} | tiny |" in printed for k in BLEMISH_KINDS)
     # the per-kind pairs really hold only that kind: papules alone differ from dark spots alone
-    a = next(eval_pairs(setup["faces"], 64, 1, synth=evaluate.SynthConfig.only("papules")))
-    b = next(eval_pairs(setup["faces"], 64, 1, synth=evaluate.SynthConfig.only("dark_spots")))
+    a = next(eval_pairs(setup["faces"], 64, 1, synth=SynthConfig.only("papules")))
+    b = next(eval_pairs(setup["faces"], 64, 1, synth=SynthConfig.only("dark_spots")))
     assert not np.array_equal(a[3], b[3])

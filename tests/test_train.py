@@ -103,6 +103,10 @@ def test_init_starts_a_new_run_from_earlier_weights(dataset, tmp_path) -> None:
         train(_args(dataset, tmp_path / "bad", 1, "--init", str(first / "last.pt"), "--set", "attention=global"))
     with pytest.raises(SystemExit, match="does not exist"):
         train(_args(dataset, tmp_path / "missing", 1, "--init", str(tmp_path / "nope.safetensors")))
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes((first / "last.pt").read_bytes()[:1000])
+    with pytest.raises(SystemExit, match="not a readable training checkpoint"):
+        train(_args(dataset, tmp_path / "cut", 1, "--init", str(truncated)))
 
 
 def test_mask_only_stage_trains_only_the_mask_net(dataset, tmp_path) -> None:
