@@ -6,8 +6,8 @@
                          [--weights W] [--quality Q] [--overwrite]
     retouch batch IN_DIR OUT_DIR [--recursive] [--strength S] [--format keep|jpg|png|tiff]
                          [--quality Q] [--overwrite] [--device D] [--weights W]
-    retouch train ...    (engine.train)
-    retouch eval ...     (engine.evaluate)
+    retouch train ...    (engine.training.train)
+    retouch eval ...     (engine.training.evaluate)
 
 Every expected failure prints one line ``retouch: error: ...`` and exits with status 1
 (usage errors: 2, Ctrl+C: 130); no traceback.
@@ -202,8 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands: dict[str, Callable[[list[str]], int]] = {
         "batch": _run_batch,
-        "train": _delegate("engine.train"),
-        "eval": _delegate("engine.evaluate"),
+        "train": _delegate("engine.training.train"),
+        "eval": _delegate("engine.training.evaluate"),
     }
     try:
         if argv and argv[0] in commands:

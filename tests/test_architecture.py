@@ -28,7 +28,7 @@ def test_engine_sources_do_not_import_qt() -> None:
 
 def test_importing_the_engine_loads_no_qt_module() -> None:
     code = (
-        "import sys, engine, engine.model, engine.cli, engine.retoucher, engine.imageio, engine.train;"
+        "import sys, engine, engine.model, engine.cli, engine.retoucher, engine.imageio, engine.training.train;"
         f"bad=[m for m in sys.modules if m.split('.')[0] in {QT!r}];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
@@ -39,3 +39,15 @@ def test_importing_the_engine_loads_no_qt_module() -> None:
 def test_top_level_layout() -> None:
     for name in ("pyproject.toml", "README.md", "app", "engine", "resources", "tests", "packaging"):
         assert (ROOT / name).exists(), name
+
+
+def test_run_time_path_does_not_import_training() -> None:
+    """What the app and `retouch IMAGE` use at run time never loads the training package."""
+    code = (
+        "import sys, engine, engine.model, engine.cli, engine.retoucher, engine.pipeline, engine.imageio, engine.batch, app.window;"
+        "bad=[m for m in sys.modules if m.startswith('engine.training')];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -7,10 +7,10 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.baselines import bilateral_smooth, spot_heal
+from engine.training.baselines import bilateral_smooth, spot_heal
 from engine.errors import ImageError
-from engine.metrics import psnr, soft_iou, ssim
-from engine.skin import skin_mask
+from engine.training.metrics import psnr, soft_iou, ssim
+from engine.training.skin import skin_mask
 from tests.test_synth import SKIN_RGB, make_face
 
 # ---------------------------------------------------------------- metrics

@@ -220,14 +220,14 @@ def test_atomic_write_keeps_existing_output(tmp_path, capsys, weights, monkeypat
 
 def test_train_and_eval_are_delegated(monkeypatch, capsys):
     seen = {}
-    fake = types.ModuleType("engine.evaluate")
+    fake = types.ModuleType("engine.training.evaluate")
     fake.main = lambda argv: seen.setdefault("eval", argv) and 3  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "engine.evaluate", fake)
+    monkeypatch.setitem(sys.modules, "engine.training.evaluate", fake)
     assert main(["eval", "--data", "x"]) == 3
     assert seen["eval"] == ["--data", "x"]
-    fake_train = types.ModuleType("engine.train")
+    fake_train = types.ModuleType("engine.training.train")
     fake_train.main = lambda argv: seen.setdefault("train", argv) and 0  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "engine.train", fake_train)
+    monkeypatch.setitem(sys.modules, "engine.training.train", fake_train)
     assert main(["train", "--steps", "1"]) == 0
     assert seen["train"] == ["--steps", "1"]
 

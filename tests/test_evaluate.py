@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine import evaluate, metrics
-from engine.data import eval_pairs, is_holdout
+from engine.training import evaluate, metrics
+from engine.training.data import eval_pairs, is_holdout
 from engine.imageio import from_float, save_image
 from engine.model import ModelConfig, RetouchFormer, save_model
-from engine.synth import BLEMISH_KINDS, SynthConfig
+from engine.training.synth import BLEMISH_KINDS, SynthConfig
 from tests.test_synth import make_face
 
 

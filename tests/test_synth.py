@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from engine.errors import ImageError
-from engine.skin import skin_mask
-from engine.synth import BLEMISH_KINDS, SynthConfig, synthesize
+from engine.training.skin import skin_mask
+from engine.training.synth import BLEMISH_KINDS, SynthConfig, synthesize
 
 SKIN_RGB = (0.86, 0.66, 0.56)
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine.data import TrainingData, eval_pairs, is_holdout, list_images
+from engine.training.data import TrainingData, eval_pairs, is_holdout, list_images
 from engine.imageio import from_float, save_image
-from engine.losses import feature_space, perceptual
+from engine.training.losses import feature_space, perceptual
 from engine.model import ModelConfig, load_model
-from engine.train import build_parser, train
+from engine.training.train import build_parser, train
 from tests.test_synth import make_face
 
 

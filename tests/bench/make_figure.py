@@ -3,7 +3,7 @@
     pip install scikit-image   # only for the photo: skimage.data.astronaut() (NASA, public domain)
     python tests/bench/make_figure.py [--weights W] [--out resources/docs/figure.png]
 
-The astronaut portrait gets synthetic blemishes from engine.synth on the detected face (so the
+The astronaut portrait gets synthetic blemishes from engine.training.synth on the detected face (so the
 figure shows what the model does with blemishes whose true extent is known), then runs through
 the same engine API the GUI and the CLI use: Retoucher.analyze -> render -> composite.
 """
@@ -16,9 +16,9 @@ import cv2
 import numpy as np
 
 from engine.imageio import from_float, save_image, to_float
-from engine.metrics import psnr, soft_iou
+from engine.training.metrics import psnr, soft_iou
 from engine.retoucher import Retoucher
-from engine.synth import synthesize
+from engine.training.synth import synthesize
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -16,10 +16,10 @@ declare -A RUNS=(
 )
 for name in full global-attention single-scale-tokens no-prior no-unpaired; do
   # shellcheck disable=SC2086
-  OMP_WAIT_POLICY=PASSIVE $PY -m engine.train --run "$ROOT/$name" "${COMMON[@]}" ${RUNS[$name]}
+  OMP_WAIT_POLICY=PASSIVE $PY -m engine.training.train --run "$ROOT/$name" "${COMMON[@]}" ${RUNS[$name]}
 done
 ARGS=()
 for name in full global-attention single-scale-tokens no-prior no-unpaired; do
   ARGS+=(--model "$name ($STEPS steps)=$ROOT/$name/model.safetensors")
 done
-$PY -m engine.evaluate "${ARGS[@]}" --no-baselines --count 100 --threads 1 --json "$ROOT/table.json"
+$PY -m engine.training.evaluate "${ARGS[@]}" --no-baselines --count 100 --threads 1 --json "$ROOT/table.json"

@@ -6,7 +6,7 @@
     max_D       L_adv^disc
 
 Deviations, each for a stated reason:
-- V(·) is engine.losses.feature_space (Laplacian pyramid + gradients), not VGG-19: pretrained VGG
+- V(·) is engine.training.losses.feature_space (Laplacian pyramid + gradients), not VGG-19: pretrained VGG
   weights cannot be downloaded here.
 - The mask terms: L_H̄ (regression of the soft mask to φ) is applied to the online net H, and the
   confidence term uses the full binary cross-entropy against 1{φ > 0.05}; H̄ receives only EMA
@@ -43,13 +43,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine import losses
-from engine.data import Batch, TrainingData
+from engine.training import losses
+from engine.training.data import DEFAULT_DATA, Batch, TrainingData
 from engine.errors import WeightsError
 from engine.model import ModelConfig, PixelDiscriminator, RetouchFormer, load_model, save_model
 from engine.model.layers import mask_to
 
-DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

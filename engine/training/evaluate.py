@@ -1,13 +1,13 @@
 """`retouch eval`: the model against the classical tools a photographer could use without it.
 
 On synthetic pairs built from held-out portraits (a fixed ~10 % of the clean portraits that
-training never sees, engine.data.is_holdout), report the mean over images of
+training never sees, engine.training.data.is_holdout), report the mean over images of
 - PSNR and SSIM of the whole image,
 - PSNR inside the blemish region (true mask > 0.2),
 - Soft-IoU of the predicted mask (sum of minima over sum of maxima),
 for each model given and for three baselines: the untouched input, edge-preserving skin
-smoothing (bilateral, engine.baselines.bilateral_smooth) and classical spot healing (spot
-detection + OpenCV inpainting, engine.baselines.spot_heal).
+smoothing (bilateral, engine.training.baselines.bilateral_smooth) and classical spot healing (spot
+detection + OpenCV inpainting, engine.training.baselines.spot_heal).
 
 --by-kind repeats the evaluation once per blemish kind of the synthesiser (papules, dark spots,
 scars, redness, under-eye circles, each alone), to show where a model's mask falls short.
@@ -24,14 +24,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from engine import baselines, metrics
-from engine.data import eval_pairs
+from engine.training import baselines, metrics
+from engine.training.data import DEFAULT_DATA, eval_pairs
 from engine.model import load_model
 from engine.paths import default_weights_path
-from engine.skin import skin_mask
-from engine.synth import BLEMISH_KINDS, SynthConfig
+from engine.training.skin import skin_mask
+from engine.training.synth import BLEMISH_KINDS, SynthConfig
 
-DEFAULT_CLEAN = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "faces"
+DEFAULT_CLEAN = DEFAULT_DATA / "faces"
 BLEMISH_THRESHOLD = 0.2
 
 Method = Callable[[list[np.ndarray]], list[tuple[np.ndarray, np.ndarray | None]]]

@@ -12,7 +12,7 @@
    soft edge.
 
 Every size is relative to the image size, so the function works at any resolution. It is used by
-the blemish synthesiser (:mod:`engine.synth`) and the classical baselines (:mod:`engine.baselines`).
+the blemish synthesiser (:mod:`engine.training.synth`) and the classical baselines (:mod:`engine.training.baselines`).
 """
 from __future__ import annotations
 

@@ -15,9 +15,11 @@ import cv2
 import numpy as np
 
 from engine.imageio import SUPPORTED_SUFFIXES, from_float, load_image, to_float
-from engine.synth import SynthConfig, synthesize
+from engine.training.synth import SynthConfig, synthesize
 
 HOLDOUT_FRACTION = 0.1
+#: The shared data folder beside the repository (../shared/data), read in place.
+DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:

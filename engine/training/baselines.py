@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from engine.errors import ImageError
-from engine.skin import as_float_rgb, fill_small_holes, odd, skin_mask
+from engine.training.skin import as_float_rgb, fill_small_holes, odd, skin_mask
 
 __all__ = ["bilateral_smooth", "spot_heal"]
 
@@ -44,7 +44,7 @@ def bilateral_smooth(
 
     Args:
         img: float32 HxWx3 RGB in [0, 1].
-        skin: soft skin mask HxW in [0, 1]; detected with :func:`engine.skin.skin_mask` if None.
+        skin: soft skin mask HxW in [0, 1]; detected with :func:`engine.training.skin.skin_mask` if None.
         strength: how much of the filtered image replaces the original on full skin (0..1).
         sigma_color: bilateral range sigma in [0, 1] intensity units.
         sigma_space: bilateral spatial sigma in pixels at 256 px (scaled with the image size).

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from engine.errors import ImageError
-from engine.skin import as_float_rgb, skin_mask
+from engine.training.skin import as_float_rgb, skin_mask
 
 __all__ = ["BLEMISH_KINDS", "SynthConfig", "SynthSample", "synthesize", "preview_grid"]
 
@@ -350,7 +350,7 @@ def synthesize(
         clean: float32 HxWx3 RGB in [0, 1] (uint8 is accepted and converted).
         rng: the random generator; the same seed gives the same output.
         config: the blemish parameters (defaults: :class:`SynthConfig`).
-        skin: an optional precomputed :func:`engine.skin.skin_mask` of ``clean`` (HxW in [0, 1]).
+        skin: an optional precomputed :func:`engine.training.skin.skin_mask` of ``clean`` (HxW in [0, 1]).
 
     Returns:
         A :class:`SynthSample`; ``mask`` is the exact per-pixel blend weight and is 0 off skin.
