@@ -1,20 +1,36 @@
 """The one place where photos and masks are read from and written to disk.
 
-Everything else in the project (GUI, CLI, batch, training) calls this module, so it is strict:
+Everything else in the project (GUI, CLI, batch, training, tests) calls this module, so it is
+strict. Pixels are decoded and encoded by maintained libraries, metadata by exiv2:
 
-* :func:`load_image` returns a :class:`Photo` whose ``pixels`` are an upright (EXIF orientation
-  applied), C-contiguous ``HxWx3`` RGB array of ``uint8`` or ``uint16``. 16-bit PNG and TIFF keep
-  their 16 bits (pixel data is decoded by OpenCV, metadata by Pillow, because Pillow cannot hold
-  16-bit RGB). Grayscale, palette and CMYK inputs are converted to RGB and the conversion is
+=========  ======================================  =============================================
+format     pixels                                  metadata (EXIF, IPTC, XMP, ICC)
+=========  ======================================  =============================================
+JPEG       Pillow (8-bit)                          exiv2 reads and writes all four
+PNG        OpenCV (8/16-bit)                       exiv2 reads and writes all four
+TIFF       tifffile (8/16-bit, Deflate+predictor)  exiv2 reads and writes all four
+WebP       Pillow (8-bit)                          exiv2 (EXIF, XMP, ICC: WebP has no IPTC)
+HEIF/HEIC  pillow-heif (8-bit, 10/12-bit -> 16)    exiv2 reads; pillow-heif writes EXIF, XMP, ICC
+AVIF       Pillow (8-bit)                          exiv2 reads; Pillow writes EXIF, XMP, ICC
+RAW        rawpy/LibRaw (16-bit), read only        exiv2 reads (DNG, CR2, CR3, NEF, ARW, ...)
+=========  ======================================  =============================================
+
+* :func:`load_image` returns a :class:`Photo` whose ``pixels`` are an upright (orientation
+  applied), C-contiguous ``HxWx3`` RGB array of ``uint8`` or ``uint16``, with its
+  :class:`Metadata` (EXIF with orientation 1, IPTC, XMP) and ICC profile. Camera RAW files are
+  developed by LibRaw with the camera's white balance to 16-bit Adobe RGB (1998) and tagged with
+  that profile. Grayscale, palette and CMYK inputs are converted to RGB and the conversion is
   recorded in ``Photo.notes``. Truncated, corrupt, too-small, too-large, floating-point and
   unsupported files are rejected with an :class:`~engine.errors.ImageError` naming the file.
-* :func:`save_image` writes JPEG, PNG, TIFF or WebP with EXIF (orientation reset to 1) and the
-  ICC profile embedded in every format, alpha re-attached where the format has one, 16 bits kept
-  for PNG and TIFF, and always atomically (temporary file in the same folder, fsync, rename).
-  16-bit PNG is encoded by OpenCV and the ``iCCP``/``eXIf`` chunks are inserted into the stream;
-  TIFF (8 and 16 bit) is written by a small baseline writer (Deflate + horizontal predictor,
-  strips compressed in threads) whose tag directory, EXIF sub-IFDs included, is serialised by
-  Pillow's ``ImageFileDirectory_v2``.
+* :func:`save_image` writes JPEG, PNG, TIFF, WebP, HEIF or AVIF with the EXIF (orientation reset
+  to 1, Software set, stale thumbnail and file-layout tags dropped), IPTC, XMP and ICC profile in
+  every format that can hold them, 16 bits kept where the format has them, alpha re-attached,
+  and always atomically (temporary file in the same folder, fsync, rename). Metadata a format
+  cannot hold (IPTC in WebP/HEIF/AVIF) is documented; metadata too large for a format is an
+  error naming it, never a silent loss (the one exception: a camera maker note that alone makes
+  EXIF too large for a JPEG's 64 kB segment is left out).
+* :func:`save_in_place` writes a retouched photo back over the file it was loaded from (the
+  "Edit in" round trip), same format, bit depth, profile and metadata.
 * :func:`load_mask` / :func:`save_mask` read and write soft masks as grayscale PNG.
 
 Importing this module sets ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES = False`` (truncated files must
@@ -23,12 +39,13 @@ fail, never load with a grey bottom) and ``PIL.Image.MAX_IMAGE_PIXELS`` to :data
 from __future__ import annotations
 
 import io
+import logging
+import mmap
 import os
 import secrets
-import struct
-import zlib
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+import stat
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,99 +53,184 @@ from typing import Any
 import cv2
 import numpy as np
 from PIL import Image, ImageCms, ImageFile, UnidentifiedImageError
-from PIL.ExifTags import IFD
-from PIL.TiffImagePlugin import ImageFileDirectory_v2
 
+from engine import __version__
 from engine.errors import ImageError
 
 __all__ = [
     "FORMATS",
     "MAX_PIXELS",
     "MIN_SIDE",
+    "RAW_SUFFIXES",
+    "SOFTWARE",
     "SUPPORTED_SUFFIXES",
+    "WRITABLE_SUFFIXES",
+    "Metadata",
     "Photo",
     "apply_orientation",
     "atomic_write_bytes",
+    "default_output_suffix",
     "from_float",
+    "is_raw",
     "is_supported",
     "load_image",
     "load_mask",
     "save_image",
+    "save_in_place",
     "save_mask",
     "save_photo",
     "to_float",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Smallest accepted photo side in pixels.
 MIN_SIDE = 64
 #: Largest accepted photo (width * height). 60 MP cameras are the target; 200 MP leaves headroom
 #: (e.g. stitched or pixel-shift files) without accepting decompression bombs.
 MAX_PIXELS = 200_000_000
-#: Formats this module reads and writes (Pillow's names).
-FORMATS = ("JPEG", "PNG", "TIFF", "WEBP")
-#: File suffixes accepted by the batch command (compare lower-cased).
-SUPPORTED_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp"})
+#: Formats this module writes.
+FORMATS = ("JPEG", "PNG", "TIFF", "WEBP", "HEIF", "AVIF")
+#: The EXIF Software tag of every file written.
+SOFTWARE = f"RetouchFormer Studio {__version__}"
 
+#: Camera RAW suffixes (read only; developed by LibRaw).
+RAW_SUFFIXES = frozenset(
+    {".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf", ".orf", ".rw2",
+     ".rwl", ".pef", ".srw", ".3fr", ".iiq", ".erf", ".kdc", ".mrw", ".x3f"}
+)
 _SUFFIX_FORMAT = {
-    ".jpg": "JPEG",
-    ".jpeg": "JPEG",
-    ".png": "PNG",
-    ".tif": "TIFF",
-    ".tiff": "TIFF",
-    ".webp": "WEBP",
+    ".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP",
+    ".heic": "HEIF", ".heif": "HEIF", ".hif": "HEIF", ".avif": "AVIF",
 }
-_FORMAT_ALIASES = {"JPG": "JPEG", "JPEG": "JPEG", "PNG": "PNG", "TIF": "TIFF", "TIFF": "TIFF", "WEBP": "WEBP"}
+#: Suffixes :func:`save_image` can write (compare lower-cased).
+WRITABLE_SUFFIXES = frozenset(_SUFFIX_FORMAT)
+#: File suffixes accepted by the loader and the batch command (compare lower-cased).
+SUPPORTED_SUFFIXES = WRITABLE_SUFFIXES | RAW_SUFFIXES
+_FORMAT_ALIASES = {
+    "JPG": "JPEG", "JPEG": "JPEG", "PNG": "PNG", "TIF": "TIFF", "TIFF": "TIFF", "WEBP": "WEBP",
+    "HEIC": "HEIF", "HEIF": "HEIF", "AVIF": "AVIF",
+}
+_FORMAT_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "WEBP": ".webp", "HEIF": ".heic", "AVIF": ".avif"}
 # Pillow reports some camera JPEGs (multi-picture format) as MPO.
-_PILLOW_FORMAT = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "TIFF": "TIFF", "WEBP": "WEBP"}
+_PILLOW_FORMAT = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "WEBP": "WEBP", "AVIF": "AVIF"}
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1", b"mif2"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+_IPTC_FORMATS = {"JPEG", "PNG", "TIFF"}  # formats with a place for IPTC-IIM
 
 _WEBP_MAX_SIDE = 16383
 _JPEG_MAX_SIDE = 65500
-_JPEG_MAX_EXIF = 65533 - 8  # APP1 payload limit, minus a little slack for Pillow's framing
-_ORIENTATION = 0x0112
-_MAKERNOTE = 0x927C
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_HEIF_MAX_SIDE = 16384  # libheif/x265 practical limit for a single-image HEIC
+_AVIF_MAX_SIDE = 16384
 # TIFF Deflate level: 1 is ~3x faster than 6 on photos for ~2-4 % larger files (OpenCV's PNG
 # writer, used for PNG, also defaults to level 1).
 _DEFLATE_LEVEL = 1
 
-# TIFF tags that describe the pixel layout of a particular file (or carry large application blobs
-# tied to it). They must never travel as "EXIF" from one file to another: a JPEG written with a
-# TIFF's StripOffsets in its EXIF would be nonsense, and a TIFF written with them would be broken.
+# EXIF IFD0 tags that describe the pixel layout of a particular file, point to other IFDs, or
+# carry blobs this module writes itself (XMP 700, IPTC 33723, Photoshop resources 34377, ICC
+# 34675). They never travel from one file to another: a JPEG with a TIFF's StripOffsets in its
+# EXIF would be nonsense. DNG's own tags (50706..52999) and TIFF/EP's CFA description go too:
+# a developed TIFF that says it is a DNG would confuse every reader.
 _LAYOUT_TAGS = frozenset(
     {
-        254, 255, 256, 257, 258, 259, 262, 263, 264, 265, 266, 273, 277, 278, 279, 280, 281,
-        284, 292, 293, 317, 320, 322, 323, 324, 325, 330, 338, 339, 340, 341, 347, 513, 514,
-        530, 532, 700, 33723, 34377, 34675, 37724,
+        254, 255, 256, 257, 258, 259, 262, 263, 264, 265, 266, 273, 277, 278, 279, 280, 281, 284,
+        292, 293, 317, 320, 322, 323, 324, 325, 330, 338, 339, 340, 341, 347, 513, 514, 530, 532,
+        700, 33421, 33422, 33723, 34377, 34665, 34675, 34853, 37724,
     }
 )
+_DNG_TAGS = range(50706, 53000)
+# Exif groups that are never copied: thumbnails (they would show the un-retouched photo) and the
+# extra image directories of RAW and multi-image files.
+_DROP_GROUP_PREFIXES = ("Thumbnail", "SubImage", "SubThumb", "Image2", "Image3", "Image4", "Image5", "Image6",
+                        "Image7", "Image8", "Image9", "PanasonicRaw", "MpfInfo")
+_POINTER_KEYS = frozenset({"Exif.Photo.InteroperabilityTag", "Exif.Image.ExifTag", "Exif.Image.GPSTag"})
+_ORIENTATION_KEY = "Exif.Image.Orientation"
+_XMP_ORIENTATION_KEY = "Xmp.tiff.Orientation"
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
+# exiv2's XMP toolkit keeps global state: every exiv2 call goes through this lock (calls take
+# milliseconds, so worker threads never wait long).
+_EXIV2 = threading.RLock()
+_exiv2_ready = False
+
+
+def _exiv2() -> Any:
+    global _exiv2_ready
+    import exiv2
+
+    if not _exiv2_ready:
+        with _EXIV2:
+            if not _exiv2_ready:
+                exiv2.XmpParser.initialize()
+                exiv2.LogMsg.setLevel(exiv2.LogMsg.Level.error)
+                _exiv2_ready = True
+    return exiv2
+
 
 # --------------------------------------------------------------------------------------------
-# Photo
+# Metadata and Photo
+
+
+@dataclass(eq=False)
+class Metadata:
+    """EXIF, IPTC and XMP carried from a photo to its exports (the ICC profile travels beside it).
+
+    ``exif`` and ``iptc`` are exiv2 containers (``exiv2.ExifData`` / ``exiv2.IptcData``), ``xmp``
+    is the XMP packet (text). EXIF is cleaned on loading: orientation 1 (the pixels are upright),
+    no thumbnail, no file-layout or RAW-only tags. Use :meth:`as_dict` to look at the values.
+    """
+
+    exif: Any = None
+    iptc: Any = None
+    xmp: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool((self.exif is not None and self.exif.count()) or (self.iptc is not None and self.iptc.count()) or self.xmp)
+
+    def as_dict(self) -> dict[str, str]:
+        """Every EXIF, IPTC and XMP value as ``{exiv2 key: text}`` (repeated IPTC keys joined by ``"; "``)."""
+        out: dict[str, str] = {}
+        with _EXIV2:
+            ex = _exiv2()
+            for data in (self.exif, self.iptc):
+                for datum in data or ():
+                    key = datum.key()
+                    text = datum.toString()
+                    out[key] = f"{out[key]}; {text}" if key in out else text
+            if self.xmp:
+                for datum in _decode_xmp(ex, self.xmp):
+                    out[datum.key()] = datum.toString()
+        return out
+
+    def copy(self) -> "Metadata":
+        with _EXIV2:
+            ex = _exiv2()
+            return Metadata(_copy_data(ex.ExifData(), self.exif), _copy_data(ex.IptcData(), self.iptc), self.xmp)
 
 
 @dataclass
 class Photo:
     """A decoded photo, upright and ready for processing.
 
-    ``pixels`` is an ``HxWx3`` RGB array (``uint8`` for 8-bit sources, ``uint16`` for 16-bit PNG
-    and TIFF). ``exif`` is the source EXIF (``b"Exif\\0\\0"``-prefixed TIFF block) with the
-    orientation reset to 1, because the orientation has already been applied to ``pixels``.
+    ``pixels`` is an ``HxWx3`` RGB array (``uint8`` for 8-bit sources, ``uint16`` for 16-bit PNG,
+    TIFF, high-bit-depth HEIF and developed RAW files). ``metadata`` holds the source's EXIF
+    (orientation 1), IPTC and XMP; ``icc_profile`` its colour profile (None: sRGB).
     ``alpha`` (``HxW``, same dtype as ``pixels``) is kept so that exports can re-attach it.
-    ``notes`` lists conversions made while loading (grayscale -> RGB, CMYK -> RGB, ...).
+    ``notes`` lists conversions made while loading (grayscale -> RGB, CMYK -> RGB, RAW developed...).
+    ``source_stat`` is (size, mtime_ns) of the file when it was read (see :func:`save_in_place`).
     """
 
     pixels: np.ndarray
     bit_depth: int
     format: str
-    exif: bytes | None = None
+    metadata: Metadata = field(default_factory=Metadata)
     icc_profile: bytes | None = None
     alpha: np.ndarray | None = None
     path: Path | None = None
     notes: list[str] = field(default_factory=list)
+    source_stat: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         p = self.pixels
@@ -139,6 +241,11 @@ class Photo:
             raise ValueError(f"Photo.pixels dtype {p.dtype} does not match bit_depth {self.bit_depth}")
         if self.alpha is not None and (self.alpha.shape != p.shape[:2] or self.alpha.dtype != p.dtype):
             raise ValueError("Photo.alpha must be HxW with the same dtype as the pixels")
+
+    @property
+    def exif(self) -> Any:
+        """The EXIF container (``exiv2.ExifData``) or None."""
+        return self.metadata.exif
 
     @property
     def height(self) -> int:
@@ -152,6 +259,10 @@ class Photo:
     def megapixels(self) -> float:
         return self.height * self.width / 1e6
 
+    @property
+    def is_raw(self) -> bool:
+        return self.format == "RAW"
+
 
 # --------------------------------------------------------------------------------------------
 # Small public helpers
@@ -160,6 +271,18 @@ class Photo:
 def is_supported(path: str | os.PathLike[str]) -> bool:
     """True if the file name has one of :data:`SUPPORTED_SUFFIXES` (case-insensitive)."""
     return Path(path).suffix.lower() in SUPPORTED_SUFFIXES
+
+
+def is_raw(path: str | os.PathLike[str]) -> bool:
+    """True if the file name has a camera RAW suffix (case-insensitive)."""
+    return Path(path).suffix.lower() in RAW_SUFFIXES
+
+
+def default_output_suffix(path: str | os.PathLike[str]) -> str:
+    """Suffix of an output that keeps ``path``'s format: its own suffix, or ``.tif`` (16-bit TIFF)
+    for camera RAW files, which cannot be written."""
+    suffix = Path(path).suffix
+    return ".tif" if suffix.lower() in RAW_SUFFIXES else suffix
 
 
 def to_float(pixels: np.ndarray) -> np.ndarray:
@@ -231,77 +354,262 @@ def _convert_depth(arr: np.ndarray, bits: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# EXIF / ICC helpers
+# Metadata through exiv2
 
 
-_ExifDict = dict[int, Any]
-"""EXIF as a plain dict: IFD0 tags, with the EXIF/GPS sub-IFDs (and Interop) as nested dicts."""
+def _copy_data(dst: Any, src: Any) -> Any:
+    """Copy every datum of an exiv2 container into ``dst`` (None when there is nothing)."""
+    if src is None:
+        return None
+    for datum in src:
+        dst.add(datum)
+    return dst if dst.count() else None
 
 
-def _clean_exif_tags(exif: Image.Exif) -> _ExifDict:
-    """The tags of ``exif`` worth carrying to another file: layout tags dropped, sub-IFDs resolved
-    to dicts, orientation set to 1 (the pixels are upright). Empty if nothing is left."""
-    tags: _ExifDict = {}
-    for key in list(exif.keys()):
-        if key in _LAYOUT_TAGS:
+def _decode_xmp(ex: Any, packet: str) -> Any:
+    """An XMP packet as an ``exiv2.XmpData`` (exiv2 reads a bare packet like an XMP sidecar file)."""
+    try:
+        img = ex.ImageFactory.open(packet.encode("utf-8"))
+        img.readMetadata()
+        return _copy_data(ex.XmpData(), img.xmpData()) or ex.XmpData()
+    except ex.Exiv2Error as exc:
+        raise ImageError(f"The XMP metadata is not valid XMP ({exc}).") from exc
+
+
+def _clean_exif(ex: Any, src: Any, *, orientation_to_1: bool = True) -> Any:
+    """The EXIF worth carrying to another file (see _LAYOUT_TAGS and _DROP_GROUP_PREFIXES)."""
+    out = ex.ExifData()
+    for datum in src:
+        group = datum.groupName()
+        if group.startswith(_DROP_GROUP_PREFIXES) or datum.key() in _POINTER_KEYS:
             continue
-        if key in (IFD.Exif, IFD.GPSInfo):
-            sub = dict(exif.get_ifd(key))
-            if key == IFD.Exif and IFD.Interop in sub and not isinstance(sub[IFD.Interop], dict):
-                interop = dict(exif.get_ifd(IFD.Interop))
-                if interop:
-                    sub[IFD.Interop] = interop
-                else:
-                    del sub[IFD.Interop]
-            if sub:
-                tags[key] = sub
-        else:
-            tags[key] = exif[key]
-    if tags:
-        tags[_ORIENTATION] = 1
-    return tags
+        if group == "Image" and (datum.tag() in _LAYOUT_TAGS or datum.tag() in _DNG_TAGS):
+            continue
+        out.add(datum)
+    if orientation_to_1 and out.count():
+        out[_ORIENTATION_KEY] = ex.UShortValue(1)
+    return out if out.count() else None
 
 
-def _exif_bytes(tags: _ExifDict | None) -> bytes | None:
-    """``b"Exif\\0\\0"`` + TIFF-structured EXIF block for ``tags`` (None when empty)."""
-    if not tags:
+def _orientation_of(ex: Any, data: Any) -> int | None:
+    it = data.findKey(ex.ExifKey(_ORIENTATION_KEY)) if data is not None else None
+    if it is None or it == data.end():
         return None
-    out = Image.Exif()
-    for key, value in tags.items():
-        out[key] = value
-    return out.tobytes()
+    try:
+        return int(it.toInt64())
+    except Exception:  # noqa: BLE001 - a damaged value counts as "no orientation"
+        return 0
 
 
-def _exif_payload_ok(raw: bytes) -> bool:
-    """Cheap structural check of an EXIF block (Pillow only warns on garbage and returns nothing)."""
-    tiff = raw[6:] if raw.startswith(b"Exif\x00\x00") else raw
-    if len(tiff) < 10 or tiff[:4] not in (b"II*\x00", b"MM\x00*"):
-        return False
-    (first_ifd,) = struct.unpack("<I" if tiff[:2] == b"II" else ">I", tiff[4:8])
-    return 8 <= first_ifd and first_ifd + 2 <= len(tiff)
+@dataclass
+class _ReadMeta:
+    metadata: Metadata
+    icc: bytes | None
+    orientation: int  # as stored; 1 when none
 
 
-def _parse_exif(data: bytes | Image.Exif | None) -> _ExifDict | None:
-    """Parse caller-supplied EXIF (with or without the ``Exif\\0\\0`` prefix) into clean tags."""
-    if data is None:
-        return None
+def _read_metadata(buf: Any, fmt: str, name: str, notes: list[str]) -> _ReadMeta:
+    """EXIF/IPTC/XMP/ICC of an encoded file (a bytes-like object, typically an mmap of it)."""
+    try:
+        ex = _exiv2()
+        with _EXIV2:
+            img = ex.ImageFactory.open(buf)
+            img.readMetadata()
+            exif_src = img.exifData()
+            xmp_src = img.xmpData()
+            orientation = _orientation_of(ex, exif_src)
+            if orientation is None:
+                it = xmp_src.findKey(ex.XmpKey(_XMP_ORIENTATION_KEY))
+                orientation = int(it.toInt64()) if it != xmp_src.end() else None
+            exif = _clean_exif(ex, exif_src)
+            iptc = _copy_data(ex.IptcData(), img.iptcData())
+            xmp = None
+            if xmp_src.count():
+                if fmt == "RAW":  # Camera Raw settings describe the RAW, not the developed pixels
+                    kept = ex.XmpData()
+                    for datum in xmp_src:
+                        if not datum.key().startswith("Xmp.crs."):
+                            kept.add(datum)
+                    xmp_src = kept
+                xmp = _encode_xmp(ex, xmp_src) if xmp_src.count() else None
+            icc = bytes(img.iccProfile().data()) if img.iccProfileDefined() else None
+            del img, exif_src, xmp_src
+    except ImageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - damaged metadata must not stop the photo from loading
+        log.warning("metadata of %s not readable: %s", name, exc)
+        notes.append("The metadata (EXIF/IPTC/XMP) is damaged and was dropped.")
+        return _ReadMeta(Metadata(), None, 1)
+    if orientation is None:
+        orientation = 1
+    elif not 1 <= orientation <= 8:
+        notes.append(f"Ignored an invalid EXIF orientation value ({orientation}).")
+        orientation = 1
+    return _ReadMeta(Metadata(exif, iptc, xmp), icc, orientation)
+
+
+def _encode_xmp(ex: Any, data: Any) -> str:
+    """An ``exiv2.XmpData`` as an XMP packet (compact, without padding)."""
+    result = ex.XmpParser.encode(data, ex.XmpParser.XmpFormatFlags.useCompactFormat, 0)
+    status, packet = (0, result) if isinstance(result, str) else (result[0], result[1])
+    if status != 0:
+        raise ImageError("The XMP metadata could not be encoded.")
+    return str(packet)
+
+
+def _exif_from_bytes(data: bytes | Image.Exif) -> Any:
+    """Caller-supplied EXIF (``Exif\\0\\0`` + TIFF block, a bare TIFF block, or Pillow's Exif)
+    parsed by exiv2 and cleaned."""
     raw = data.tobytes() if isinstance(data, Image.Exif) else bytes(data)
+    if raw.startswith(b"Exif\x00\x00"):
+        raw = raw[6:]
     if not raw:
         return None
-    if not _exif_payload_ok(raw):
+    if raw[:4] not in (b"II*\x00", b"MM\x00*"):
         raise ImageError("The EXIF data to embed is not a valid EXIF block.")
     try:
-        exif = Image.Exif()
-        exif.load(raw)
-        tags = _clean_exif_tags(exif)
-        _exif_bytes(tags)  # fail here on unserialisable values, not inside an encoder
-    except Exception as exc:  # Pillow raises a variety of types on malformed EXIF
+        ex = _exiv2()
+        with _EXIV2:
+            img = ex.ImageFactory.open(raw)
+            img.readMetadata()
+            src = img.exifData()
+            if not src.count():
+                raise ValueError("no EXIF tags could be read")
+            return _clean_exif(ex, src)
+    except ImageError:
+        raise
+    except Exception as exc:  # noqa: BLE001
         raise ImageError(f"The EXIF data to embed is not valid ({exc}).") from exc
-    return tags or None
 
 
-def _icc_colour_space(icc: bytes) -> bytes:
-    return icc[16:20] if len(icc) >= 20 else b""
+def _prepared_metadata(ex: Any, meta: Metadata | None, exif_override: Any, size: tuple[int, int]) -> tuple[Any, Any, Any]:
+    """(ExifData, IptcData or None, XmpData or None) to write into a new file of ``size`` (w, h):
+    orientation 1, Software set, pixel dimensions updated where the source had them."""
+    w, h = size
+    exif = ex.ExifData()
+    _copy_data(exif, exif_override if exif_override is not None else (meta.exif if meta else None))
+    exif[_ORIENTATION_KEY] = ex.UShortValue(1)
+    exif["Exif.Image.Software"] = ex.AsciiValue(SOFTWARE)
+    for key, value in (("Exif.Photo.PixelXDimension", w), ("Exif.Photo.PixelYDimension", h)):
+        if exif.findKey(ex.ExifKey(key)) != exif.end():
+            exif[key] = ex.ULongValue(value)
+    iptc = _copy_data(ex.IptcData(), meta.iptc) if meta is not None else None
+    xmp = None
+    if meta is not None and meta.xmp:
+        xmp = _decode_xmp(ex, meta.xmp)
+        for key, value in ((_XMP_ORIENTATION_KEY, 1), ("Xmp.tiff.ImageWidth", w), ("Xmp.tiff.ImageLength", h),
+                           ("Xmp.exif.PixelXDimension", w), ("Xmp.exif.PixelYDimension", h),
+                           ("Xmp.tiff.Software", SOFTWARE)):
+            if xmp.findKey(ex.XmpKey(key)) != xmp.end():
+                xmp[key] = str(value)
+    return exif, iptc, xmp
+
+
+def _std_exif_keys(exif: Any) -> set[str]:
+    """Keys of the standard EXIF groups, to check that they arrived (maker notes are re-encoded by
+    exiv2, and AVIF/HEIF encoders move the orientation into the container: not compared)."""
+    if exif is None:
+        return set()
+    return {d.key() for d in exif if d.groupName() in ("Image", "Photo", "GPSInfo", "Iop") and d.key() != _ORIENTATION_KEY}
+
+
+def _strip_maker_note(ex: Any, exif: Any) -> bool:
+    doomed = [d.key() for d in exif if d.key() == "Exif.Photo.MakerNote" or d.groupName() == "MakerNote"
+              or ex.ExifTags.isMakerGroup(d.groupName())]
+    for key in doomed:
+        it = exif.findKey(ex.ExifKey(key))
+        while it != exif.end():
+            exif.erase(it)
+            it = exif.findKey(ex.ExifKey(key))
+    return bool(doomed)
+
+
+def _limit_message(name: str, what: str, fmt: str) -> str:
+    other = "TIFF or PNG" if fmt in ("JPEG", "WEBP", "HEIF", "AVIF") else "TIFF"
+    return f"Cannot save {name}: its {what} metadata is too large for a {fmt} file; save it as {other} instead."
+
+
+def _embed(data: bytes, fmt: str, name: str, exif: Any, iptc: Any, xmp: Any, icc: bytes | None) -> bytes:
+    """Write EXIF/IPTC/XMP/ICC into the encoded ``data`` (JPEG, PNG, TIFF or WebP) with exiv2 and
+    check that all of it arrived."""
+    ex = _exiv2()
+    with _EXIV2:
+        for attempt in range(2):
+            img = ex.ImageFactory.open(data)
+            img.readMetadata()
+            img.setExifData(exif)
+            if iptc is not None and fmt in _IPTC_FORMATS:
+                img.setIptcData(iptc)
+            if xmp is not None:
+                img.setXmpData(xmp)
+            if icc:
+                img.setIccProfile(ex.DataBuf(icc), False)
+            try:
+                img.writeMetadata()
+            except ex.Exiv2Error as exc:
+                text = str(exc)
+                what = "XMP" if "XMP" in text else "IPTC" if "IPTC" in text else "EXIF" if "Exif" in text else "ICC profile"
+                if "too large" in text.lower() or "larger than" in text.lower() or "exceeds" in text.lower():
+                    raise ImageError(_limit_message(name, what, fmt)) from exc
+                raise ImageError(f"Could not write the metadata of {name} ({text}).") from exc
+            bio = img.io()
+            out = bytes(bio.mmap())
+            bio.munmap()
+            del img, bio
+            missing = _check_written(ex, out, fmt, exif, iptc, xmp, icc)
+            if not missing:
+                return out
+            if missing == "EXIF" and attempt == 0 and _strip_maker_note(ex, exif):
+                log.info("%s: camera maker note left out: the EXIF did not fit a %s file", name, fmt)
+                continue
+            raise ImageError(_limit_message(name, missing, fmt))
+    raise AssertionError("unreachable")
+
+
+def _check_written(ex: Any, out: bytes, fmt: str, exif: Any, iptc: Any, xmp: Any, icc: bytes | None) -> str | None:
+    """Name of the metadata block that did not arrive in ``out`` (None: everything did)."""
+    img = ex.ImageFactory.open(out)
+    img.readMetadata()
+    if not _std_exif_keys(exif) <= _std_exif_keys(img.exifData()):
+        return "EXIF"
+    if iptc is not None and fmt in _IPTC_FORMATS and img.iptcData().count() < iptc.count():
+        return "IPTC"
+    if xmp is not None and img.xmpData().count() < xmp.count():
+        return "XMP"
+    if icc and (not img.iccProfileDefined() or bytes(img.iccProfile().data()) != icc):
+        return "ICC profile"
+    return None
+
+
+def _exif_payload(ex: Any, exif: Any, name: str, fmt: str) -> bytes:
+    """EXIF as an ``Exif\\0\\0`` + TIFF block for encoders that take it as bytes (HEIF, AVIF):
+    exiv2 writes it into a tiny JPEG and the block is read back from there."""
+    with _EXIV2:
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(buf, "JPEG")
+        for attempt in range(2):
+            carrier = _embed_exif_only(ex, buf.getvalue(), exif)
+            with Image.open(io.BytesIO(carrier)) as im:
+                raw = im.info.get("exif", b"")
+            back = ex.ImageFactory.open(carrier)
+            back.readMetadata()
+            if _std_exif_keys(exif) <= _std_exif_keys(back.exifData()):
+                return raw
+            if attempt == 0 and _strip_maker_note(ex, exif):
+                continue
+            raise ImageError(_limit_message(name, "EXIF", fmt))
+    raise AssertionError("unreachable")
+
+
+def _embed_exif_only(ex: Any, jpeg: bytes, exif: Any) -> bytes:
+    img = ex.ImageFactory.open(jpeg)
+    img.readMetadata()
+    img.setExifData(exif)
+    img.writeMetadata()
+    bio = img.io()
+    out = bytes(bio.mmap())
+    bio.munmap()
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,7 +623,7 @@ class _Decoded:
     pixels: np.ndarray
     alpha: np.ndarray | None
     format: str
-    exif: bytes | None
+    metadata: Metadata
     icc: bytes | None
     notes: list[str]
 
@@ -333,70 +641,6 @@ def _check_readable(path: Path) -> None:
         raise ImageError(f"{path} cannot be read: permission denied.")
 
 
-def _open_pillow(path: Path) -> Image.Image:
-    try:
-        return Image.open(path)
-    except Image.DecompressionBombError as exc:
-        raise ImageError(
-            f"{_name(path)} is too large to open safely (over {MAX_PIXELS / 1e6:.0f} megapixels)."
-        ) from exc
-    except UnidentifiedImageError as exc:
-        raise ImageError(_unidentified_message(path)) from exc
-    except OSError as exc:
-        raise ImageError(f"{_name(path)} is damaged or truncated and could not be read ({exc}).") from exc
-
-
-def _unidentified_message(path: Path) -> str:
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        # Pillow cannot even describe the layout: it is damaged, or a float/exotic TIFF.
-        try:
-            arr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-        except cv2.error:
-            arr = None
-        if arr is not None and arr.dtype.kind == "f":
-            return (
-                f"{_name(path)} is a 32-bit floating-point TIFF, which is not supported; "
-                "export it as an 8- or 16-bit TIFF."
-            )
-        return f"{_name(path)} is a damaged TIFF or uses a TIFF layout that is not supported."
-    return f"{_name(path)} is not a readable JPEG, PNG, TIFF or WebP image (or it is damaged)."
-
-
-def _png_header(path: Path) -> tuple[int, int]:
-    """(bit depth, colour type) from a PNG's IHDR."""
-    with open(path, "rb") as fh:
-        head = fh.read(26)
-    if len(head) < 26 or head[12:16] != b"IHDR":
-        raise ImageError(f"{_name(path)} is a damaged PNG file.")
-    return head[24], head[25]
-
-
-def _iter_png_chunks(buf: bytes | memoryview) -> Iterator[tuple[bytes, int, int]]:
-    """Yield (type, start, end) of each chunk of a PNG byte string (end excludes nothing: the
-    slice ``buf[start:end]`` is the whole chunk including length, type and CRC). Stops at IEND
-    or at the end of the data; a truncated chunk stops the iteration."""
-    mv = memoryview(buf)
-    pos = len(_PNG_SIGNATURE)
-    n = len(mv)
-    while pos + 12 <= n:
-        (length,) = struct.unpack(">I", mv[pos : pos + 4])
-        ctype = bytes(mv[pos + 4 : pos + 8])
-        end = pos + 12 + length
-        if end > n:
-            return
-        yield ctype, pos, end
-        if ctype == b"IEND":
-            return
-        pos = end
-
-
-def _png_chunk(ctype: bytes, data: bytes) -> bytes:
-    crc = zlib.crc32(data, zlib.crc32(ctype)) & 0xFFFFFFFF
-    return struct.pack(">I", len(data)) + ctype + data + struct.pack(">I", crc)
-
-
 def _check_size(path: Path, width: int, height: int, min_side: int) -> None:
     if width * height > MAX_PIXELS:
         raise ImageError(
@@ -410,100 +654,304 @@ def _check_size(path: Path, width: int, height: int, min_side: int) -> None:
         )
 
 
-def _source_bits(im: Image.Image, fmt: str, path: Path) -> int:
-    """Bits per sample of the stored data, rejecting float and 32-bit samples."""
-    if im.mode in ("F", "I") and fmt != "PNG":
-        kind = "floating-point" if im.mode == "F" else "32-bit integer"
+def _sniff(path: Path, head: bytes) -> str:
+    """The decoder to use: RAW, HEIF, AVIF, TIFF or PILLOW (JPEG, PNG, WebP and the rest)."""
+    if path.suffix.lower() in RAW_SUFFIXES:
+        return "RAW"
+    if head[4:8] == b"ftyp":
+        brands = {head[8:12]} | {head[i : i + 4] for i in range(16, min(len(head), 48) - 3, 4)}
+        if brands & _AVIF_BRANDS and head[8:12] in _AVIF_BRANDS:
+            return "AVIF"
+        if brands & _HEIF_BRANDS:
+            return "HEIF"
+        if brands & _AVIF_BRANDS:
+            return "AVIF"
+        if head[8:12] in (b"crx ",):
+            return "RAW"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "TIFF"
+    return "PILLOW"
+
+
+def _unsupported_message(path: Path) -> str:
+    return f"{_name(path)} is not a readable JPEG, PNG, TIFF, WebP, HEIF, AVIF or camera RAW image (or it is damaged)."
+
+
+def _map_file(path: Path) -> tuple[Any, tuple[int, int]]:
+    """A read-only memory map of the file (a bytes-like object) and its (size, mtime_ns)."""
+    with open(path, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if st.st_size == 0:
+            raise ImageError(f"{_name(path)} is empty (0 bytes).")
+        return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ), (st.st_size, st.st_mtime_ns)
+
+
+def _decode(path: str | os.PathLike[str], min_side: int) -> tuple[_Decoded, tuple[int, int]]:
+    path = Path(path)
+    name = _name(path)
+    _check_readable(path)
+    try:
+        buf, stamp = _map_file(path)
+    except ImageError:
+        raise
+    except OSError as exc:
+        raise ImageError(f"{name} cannot be read ({exc.strerror or exc}).") from exc
+    notes: list[str] = []
+    try:
+        kind = _sniff(path, bytes(buf[:64]))
+        decoder = {"RAW": _decode_raw, "HEIF": _decode_heif, "TIFF": _decode_tiff}.get(kind, _decode_pillow)
+        raw = decoder(path, buf, min_side, notes)
+        meta = _read_metadata(buf, raw.format, name, notes)
+        icc = meta.icc if raw.icc is None else (raw.icc or None)
+        pixels, alpha = raw.pixels, raw.alpha
+        if isinstance(pixels, Image.Image):  # 8-bit Pillow decodes and CMYK TIFFs
+            pixels, alpha, icc = _pillow_to_arrays(pixels, name, notes, icc)
+    except MemoryError as exc:
+        raise ImageError(f"Not enough memory to open {name}.") from exc
+    finally:
+        try:
+            buf.close()
+        except BufferError:  # something still holds a view; the map is freed with it
+            pass
+    orientation = meta.orientation if raw.orientation is None else raw.orientation
+    pixels = _owned_contiguous(apply_orientation(pixels, orientation))
+    if alpha is not None:
+        alpha = _owned_contiguous(apply_orientation(alpha, orientation))
+    return _Decoded(pixels, alpha, raw.format, meta.metadata, icc, notes), stamp
+
+
+@dataclass
+class _Raw:
+    """What a decoder found. ``pixels``: an array (HxW or HxWxC) or a loaded 8-bit Pillow image.
+    ``orientation``: None -> apply the EXIF/XMP orientation exiv2 reads; an int -> apply this one
+    (1 when the decoder already applied the file's own transforms). ``icc``: None -> the profile
+    exiv2 reads; ``b""`` -> no profile; bytes -> this profile."""
+
+    pixels: Any
+    alpha: np.ndarray | None
+    format: str
+    orientation: int | None = None
+    icc: bytes | None = None
+
+
+def _owned_contiguous(arr: np.ndarray) -> np.ndarray:
+    if arr.flags.c_contiguous and arr.flags.writeable:
+        return arr
+    return np.array(arr, order="C", copy=True)
+
+
+def _decode_raw(path: Path, buf: Any, min_side: int, notes: list[str]) -> _Raw:
+    try:
+        import rawpy
+    except ImportError as exc:  # pragma: no cover - rawpy is a dependency
+        raise ImageError(f"{_name(path)} is a camera RAW file; reading RAW files needs the rawpy package (pip install rawpy).") from exc
+    from engine.colour import ADOBE_RGB_NAME, adobe_rgb_profile
+
+    try:
+        with rawpy.imread(io.BytesIO(buf)) as raw:
+            s = raw.sizes
+            w, h = (s.height, s.width) if s.flip in (5, 6) else (s.width, s.height)
+            _check_size(path, int(w), int(h), min_side)
+            rgb = raw.postprocess(
+                use_camera_wb=True,  # the white balance the photographer shot with
+                output_color=rawpy.ColorSpace.Adobe,
+                gamma=(2.19921875, 0.0),  # Adobe RGB (1998)'s pure 563/256 power curve
+                output_bps=16,
+            )
+    except ImageError:
+        raise
+    except rawpy.LibRawFileUnsupportedError as exc:
         raise ImageError(
-            f"{_name(path)} is a {kind} image, which is not supported; export it as 8- or 16-bit."
-        )
-    if fmt == "PNG":
-        return _png_header(path)[0]
-    if fmt == "TIFF":
-        tags = im.tag_v2  # type: ignore[attr-defined]
-        bits_max = max(_as_tuple(tags.get(258, 1)))
-        if 3 in _as_tuple(tags.get(339, 1)):
-            raise ImageError(
-                f"{_name(path)} is a floating-point TIFF, which is not supported; "
-                "export it as an 8- or 16-bit TIFF."
-            )
-        if bits_max > 16:
-            raise ImageError(
-                f"{_name(path)} has {bits_max}-bit samples, which is not supported; "
-                "export it as an 8- or 16-bit TIFF."
-            )
-        if bits_max > 8:
-            if tags.get(262) not in (0, 1, 2):
-                raise ImageError(
-                    f"{_name(path)} is a 16-bit TIFF that is not grayscale or RGB "
-                    "(e.g. CMYK or Lab); convert it to RGB first."
-                )
-            return 16
-        return 8
-    return 8
+            f"{_name(path)} is a RAW format this version of LibRaw cannot decode; convert it to DNG "
+            "(Adobe DNG Converter) or export a 16-bit TIFF from your RAW converter."
+        ) from exc
+    except (rawpy.LibRawIOError, rawpy.LibRawDataError, rawpy.LibRawUnspecifiedError, rawpy.LibRawNoThumbnailError) as exc:
+        raise ImageError(f"{_name(path)} is a damaged or truncated camera RAW file ({exc}).") from exc
+    except (rawpy.LibRawError, ValueError, OSError) as exc:
+        raise ImageError(f"{_name(path)} could not be decoded as a camera RAW file ({exc}).") from exc
+    notes.append(f"Developed the camera RAW file with LibRaw: camera white balance, 16-bit {ADOBE_RGB_NAME}.")
+    return _Raw(np.ascontiguousarray(rgb), None, "RAW", 1, adobe_rgb_profile())
 
 
-def _as_tuple(value: Any) -> tuple[Any, ...]:
-    return value if isinstance(value, tuple) else (value,)
-
-
-def _read_exif(im: Image.Image, notes: list[str], raw: bytes | None = None) -> tuple[int, bytes | None]:
-    """(orientation, cleaned EXIF bytes) of an open Pillow image, or of ``raw`` EXIF bytes."""
+def _decode_heif(path: Path, buf: Any, min_side: int, notes: list[str]) -> _Raw:
     try:
-        if raw is not None:
-            exif = Image.Exif()
-            exif.load(raw)
-        else:
-            exif = im.getexif()
-        value = exif.get(_ORIENTATION, 1)
-        data = _exif_bytes(_clean_exif_tags(exif))
-    except Exception:  # malformed EXIF must not stop the photo from loading
-        notes.append("The EXIF metadata is damaged and was dropped.")
-        return 1, None
+        import pillow_heif
+    except ImportError as exc:  # pragma: no cover - pillow-heif is a dependency
+        raise ImageError(f"{_name(path)} is a HEIF/HEIC image; reading it needs the pillow-heif package (pip install pillow-heif).") from exc
+    from engine.colour import nclx_profile
+
     try:
-        orientation = int(value)
-    except (TypeError, ValueError):
-        orientation = 0
-    if not 1 <= orientation <= 8:
-        notes.append(f"Ignored an invalid EXIF orientation value ({value!r}).")
-        orientation = 1
-    return orientation, data
+        heif = pillow_heif.open_heif(str(path), convert_hdr_to_8bit=False)
+        w, h = heif.size
+        _check_size(path, w, h, min_side)
+        bit_depth = int(heif.info.get("bit_depth", 8))
+        mode = heif.mode
+        arr = np.asarray(heif)
+        info = dict(heif.info)
+        del heif
+    except ImageError:
+        raise
+    except (ValueError, RuntimeError, OSError, SyntaxError) as exc:
+        text = str(exc)
+        if "codec" in text.lower() or "decoder" in text.lower() or "plugin" in text.lower():
+            raise ImageError(
+                f"{_name(path)} cannot be decoded: this installation has no decoder for its HEIF codec ({text})."
+            ) from exc
+        raise ImageError(f"{_name(path)} is a damaged or truncated HEIF image ({text}).") from exc
+    if arr.dtype == np.uint16 and bit_depth in (10, 12):
+        # pillow-heif aligns 10/12-bit samples to the top of 16 bits; rescale so that white is 65535.
+        shift = 16 - bit_depth
+        top = (1 << bit_depth) - 1
+        arr = ((arr >> shift).astype(np.uint32) * 65535 + top // 2) // top
+        arr = arr.astype(np.uint16)
+    alpha = None
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        alpha = np.ascontiguousarray(arr[..., 3])
+        arr = arr[..., :3]
+    elif arr.ndim == 3 and arr.shape[2] == 2:
+        alpha = np.ascontiguousarray(arr[..., 1])
+        arr = arr[..., 0]
+    elif arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if mode not in ("RGB", "RGBA", "RGB;16", "RGBA;16", "L", "LA", "L;16", "I;16", "I;16L"):
+        notes.append(f"Decoded the {mode} HEIF image as RGB.")
+    icc: bytes | None = None  # None -> exiv2's reading of the 'colr' box
+    nclx = info.get("nclx_profile")
+    if not info.get("icc_profile") and nclx:
+        prof, note = nclx_profile(int(nclx.get("color_primaries", 2)), int(nclx.get("transfer_characteristics", 2)))
+        icc = prof or b""
+        if note:
+            notes.append(note)
+    return _Raw(arr, alpha, "HEIF", 1, icc)
 
 
-def _decode_16bit(path: Path, im: Image.Image, fmt: str, notes: list[str]) -> _Decoded:
-    """16-bit PNG/TIFF: pixels via OpenCV (Pillow would drop to 8 bits), metadata via Pillow."""
-    data = np.fromfile(path, dtype=np.uint8)
-    raw_exif: bytes | None = None
-    if fmt == "PNG":
-        chunks = list(_iter_png_chunks(data.data))
-        if not chunks or chunks[-1][0] != b"IEND":
-            raise ImageError(f"{_name(path)} is truncated or damaged (the PNG data ends early).")
-        raw_exif = im.info.get("exif")
-        if raw_exif is None:  # eXIf after the image data: Pillow would decode all pixels to find it
-            for ctype, start, end in chunks:
-                if ctype == b"eXIf":
-                    raw_exif = bytes(data[start + 8 : end - 4])
-                    break
-        orientation, exif = _read_exif(im, notes, raw_exif) if raw_exif else (1, None)
-    else:
-        orientation, exif = _read_exif(im, notes)
-        # OpenCV's TIFF reader applies the Orientation tag itself (even with IMREAD_UNCHANGED);
-        # neutralise it in our in-memory copy so that decoding is the same for every format.
-        _tiff_set_orientation_1(data)
-    icc = im.info.get("icc_profile") or None
-    width, height = im.size
-    if fmt == "TIFF":  # Pillow reports the already-rotated size for orientations 5-8
-        width, height = int(im.tag_v2[256]), int(im.tag_v2[257])  # type: ignore[attr-defined]
-    im.close()
+def _decode_tiff(path: Path, buf: Any, min_side: int, notes: list[str]) -> _Raw:
+    """TIFF (8/16-bit gray or RGB, palette, 8-bit CMYK; any compression tifffile and imagecodecs
+    decode). The Orientation tag is not applied here: exiv2 reads it like every other format's."""
+    import tifffile
 
-    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    del data
+    name = _name(path)
+    try:
+        tf = tifffile.TiffFile(path)
+    except Exception as exc:  # noqa: BLE001 - tifffile raises a variety of types on garbage
+        raise ImageError(f"{name} is a damaged TIFF or uses a TIFF layout that is not supported.") from exc
+    with tf:
+        if not tf.pages:
+            raise ImageError(f"{name} is a TIFF file without any image.")
+        page = tf.pages[0]
+        if "DNGVersion" in page.tags or int(page.photometric) in (32803, 34892):  # a DNG named .tif
+            return _decode_raw(path, buf, min_side, notes)
+        w, h = int(page.imagewidth), int(page.imagelength)
+        _check_size(path, w, h, min_side)
+        bits = int(page.bitspersample)
+        if int(page.sampleformat) == 3:
+            raise ImageError(f"{name} is a floating-point TIFF, which is not supported; export it as an 8- or 16-bit TIFF.")
+        if bits not in (1, 8, 16) or int(page.sampleformat) not in (1, 2):
+            raise ImageError(f"{name} has {bits}-bit samples, which is not supported; export it as an 8- or 16-bit TIFF.")
+        photometric = int(page.photometric)
+        if bits == 16 and photometric not in (0, 1, 2):
+            raise ImageError(f"{name} is a 16-bit TIFF that is not grayscale or RGB (e.g. CMYK or Lab); convert it to RGB first.")
+        if photometric not in (0, 1, 2, 3, 5, 6):
+            raise ImageError(f"{name} uses a TIFF colour model that is not supported (e.g. Lab); convert it to RGB first.")
+        size = len(buf)
+        if any(int(o) + int(n) > size for o, n in zip(page.dataoffsets, page.databytecounts)):
+            raise ImageError(f"{name} is truncated or damaged (its image data ends early).")
+        try:
+            arr = page.asarray(maxworkers=min(4, os.cpu_count() or 1))
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - codec errors come in many types
+            raise ImageError(f"{name} is truncated or damaged and could not be decoded ({exc}).") from exc
+        samples = int(page.samplesperpixel)
+        if int(page.planarconfig) == 2 and arr.ndim == 3 and samples > 1 and arr.shape[0] == samples:
+            arr = np.moveaxis(arr, 0, -1)
+        colormap = np.asarray(page.colormap) if photometric == 3 and page.colormap is not None else None
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.dtype == bool or bits == 1:
+        arr = arr.astype(np.uint8) * np.uint8(255)
+    if arr.dtype not in (np.uint8, np.uint16) or arr.shape[:2] != (h, w):
+        raise ImageError(f"{name} uses a TIFF layout that is not supported.")
+    if photometric == 0:  # min-is-white
+        arr = np.iinfo(arr.dtype).max - arr
+    if photometric == 3:  # palette: 16-bit colour map entries, 8-bit result
+        if colormap is None:
+            raise ImageError(f"{name} is a palette TIFF without a colour map.")
+        cmap = colormap.T.astype(np.uint16)  # (entries, 3)
+        if cmap.max() <= 255:
+            cmap *= 257
+        notes.append("Converted the palette (indexed-colour) image to RGB.")
+        return _Raw(_convert_depth(cmap[arr if arr.ndim == 2 else arr[..., 0]], 8), None, "TIFF")
+    if photometric == 5:  # CMYK (8-bit): converted through its profile once the metadata is read
+        if arr.ndim != 3 or arr.shape[2] < 4:
+            raise ImageError(f"{name} is a CMYK TIFF with an unexpected layout.")
+        return _Raw(Image.fromarray(np.ascontiguousarray(arr[..., :4]), "CMYK"), None, "TIFF")
+    alpha = None
+    if arr.ndim == 3:
+        colour = 3 if photometric in (2, 6) and arr.shape[2] >= 3 else 1
+        if arr.shape[2] > colour:
+            alpha = arr[..., colour]  # the first extra sample (TIFF writers put alpha there)
+        arr = arr[..., :3] if colour == 3 else arr[..., 0]
+    return _Raw(arr, alpha, "TIFF")
+
+
+def _decode_pillow(path: Path, buf: Any, min_side: int, notes: list[str]) -> _Raw:
+    """JPEG, 8-bit PNG, WebP and AVIF through Pillow (16-bit PNG: see _decode_png16). Returns the
+    loaded Pillow image; _decode turns it into arrays once the profile is known (CMYK JPEGs)."""
+    name = _name(path)
+    try:
+        im = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{name} is too large to open safely (over {MAX_PIXELS / 1e6:.0f} megapixels).") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(_unsupported_message(path)) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{name} is damaged or truncated and could not be read ({exc}).") from exc
+    try:
+        fmt = _PILLOW_FORMAT.get(im.format or "")
+        if fmt is None:
+            raise ImageError(
+                f"{name} is a {im.format or 'unknown'} image; only JPEG, PNG, TIFF, WebP, HEIF, AVIF and camera RAW files are supported."
+            )
+        w, h = im.size
+        _check_size(path, w, h, min_side)
+        if im.mode in ("F", "I") and fmt != "PNG":
+            kind = "floating-point" if im.mode == "F" else "32-bit integer"
+            raise ImageError(f"{name} is a {kind} image, which is not supported; export it as 8- or 16-bit.")
+        if fmt == "PNG" and bytes(buf[12:16]) == b"IHDR" and buf[24] == 16:  # 16-bit: Pillow would drop to 8
+            return _decode_png16(path, buf, im)
+        orientation = None
+        if fmt == "AVIF":  # Pillow turns the AVIF transforms (irot/imir) into an EXIF orientation itself
+            try:
+                orientation = int(im.getexif().get(0x0112, 1))
+            except Exception:  # noqa: BLE001
+                orientation = 1
+            orientation = orientation if 1 <= orientation <= 8 else 1
+        ImageFile.LOAD_TRUNCATED_IMAGES = False  # truncated files must fail, whoever changed it
+        try:
+            im.load()
+        except Image.DecompressionBombError as exc:
+            raise ImageError(f"{name} is too large to open safely.") from exc
+        except Exception as exc:  # noqa: BLE001 - decoders raise OSError, SyntaxError, zlib.error...
+            raise ImageError(f"{name} is truncated or damaged and could not be decoded ({exc}).") from exc
+    except BaseException:
+        im.close()
+        raise
+    return _Raw(im, None, fmt, orientation)
+
+
+def _decode_png16(path: Path, buf: Any, im: Image.Image) -> _Raw:
+    """16-bit PNG: Pillow checks the file's chunks (CRCs, IEND), OpenCV decodes the 16 bits."""
+    name = _name(path)
+    try:
+        im.verify()
+    except Exception as exc:  # noqa: BLE001
+        raise ImageError(f"{name} is truncated or damaged ({exc}).") from exc
+    finally:
+        im.close()
+    arr = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
-        raise ImageError(f"{_name(path)} is truncated or damaged and could not be decoded.")
-    if arr.dtype.kind == "f":
-        raise ImageError(f"{_name(path)} is a floating-point image, which is not supported.")
-    if arr.dtype not in (np.uint8, np.uint16) or arr.shape[:2] != (height, width):
-        raise ImageError(f"{_name(path)} uses a pixel layout that is not supported.")
+        raise ImageError(f"{name} is truncated or damaged and could not be decoded.")
     alpha = None
     channels = 1 if arr.ndim == 2 else arr.shape[2]
     if channels == 1:
@@ -516,56 +964,14 @@ def _decode_16bit(path: Path, im: Image.Image, fmt: str, notes: list[str]) -> _D
         pixels = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGB)
         alpha = arr[..., 3].copy()
     else:
-        raise ImageError(f"{_name(path)} has {channels} channels, which is not supported.")
-    del arr
-    return _finish(pixels, alpha, orientation, fmt, exif, icc, notes)
+        raise ImageError(f"{name} has {channels} channels, which is not supported.")
+    return _Raw(pixels, alpha, "PNG")
 
 
-def _tiff_set_orientation_1(buf: np.ndarray) -> None:
-    """Rewrite the Orientation entry of IFD0 of the TIFF bytes in ``buf`` (uint8 array) to 1."""
-    raw = buf.data
-    if len(raw) < 16 or bytes(raw[:2]) not in (b"II", b"MM"):
-        return
-    e = "<" if bytes(raw[:2]) == b"II" else ">"
-    (magic,) = struct.unpack(e + "H", raw[2:4])
-    if magic == 42:
-        (ifd,) = struct.unpack(e + "I", raw[4:8])
-        count_fmt, count_size, entry_size, value_at = "H", 2, 12, 8
-    elif magic == 43:  # BigTIFF
-        (ifd,) = struct.unpack(e + "Q", raw[8:16])
-        count_fmt, count_size, entry_size, value_at = "Q", 8, 20, 12
-    else:
-        return
-    if ifd + count_size > len(raw):
-        return
-    (count,) = struct.unpack(e + count_fmt, raw[ifd : ifd + count_size])
-    for i in range(count):
-        pos = ifd + count_size + i * entry_size
-        if pos + entry_size > len(raw):
-            return
-        tag, typ = struct.unpack(e + "HH", raw[pos : pos + 4])
-        if tag == _ORIENTATION and typ == 3:  # SHORT, stored inline
-            buf[pos + value_at : pos + value_at + 2] = np.frombuffer(struct.pack(e + "H", 1), np.uint8)
-            return
-
-
-def _decode_pillow(path: Path, im: Image.Image, fmt: str, notes: list[str]) -> _Decoded:
-    """8-bit images: Pillow decodes fully (truncation raises) and converts exotic modes.
-
-    EXIF is read after loading: Pillow's TIFF loader applies the orientation itself and then
-    removes the tag, so reading it afterwards never applies an orientation twice."""
-    ImageFile.LOAD_TRUNCATED_IMAGES = False  # truncated files must fail, whoever changed it
-    try:
-        im.load()
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"{_name(path)} is too large to open safely.") from exc
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
-        raise ImageError(f"{_name(path)} is truncated or damaged and could not be decoded ({exc}).") from exc
-    orientation, exif = _read_exif(im, notes)
-    icc = im.info.get("icc_profile") or None
+def _pillow_to_arrays(im: Image.Image, name: str, notes: list[str], icc: bytes | None) -> tuple[np.ndarray, np.ndarray | None, bytes | None]:
+    """An 8-bit Pillow image as (colour HxW or HxWx3, alpha or None, icc), converting exotic modes."""
     mode = im.mode
     src = im
-
     if mode == "CMYK":
         im, icc = _cmyk_to_rgb(im, icc)
         notes.append("Converted the CMYK image to RGB.")
@@ -578,16 +984,17 @@ def _decode_pillow(path: Path, im: Image.Image, fmt: str, notes: list[str]) -> _
     elif mode in ("RGBa", "RGBX", "YCbCr", "La"):
         im = im.convert({"RGBa": "RGBA", "RGBX": "RGB", "YCbCr": "RGB", "La": "LA"}[mode])
     elif mode not in ("RGB", "RGBA", "L", "LA"):
-        raise ImageError(f"{_name(path)} uses the {mode} colour mode, which is not supported.")
-
+        raise ImageError(f"{name} uses the {mode} colour mode, which is not supported.")
     if im is not src:
         src.close()  # free the unconverted copy before the numpy copy is made
-    pixels, alpha = _pillow_to_arrays(im)
-    im.close()
-    return _finish(pixels, alpha, orientation, fmt, exif, icc, notes)
+    try:
+        colour, alpha = _copy_bands(im)
+    finally:
+        im.close()
+    return colour, alpha, icc
 
 
-def _pillow_to_arrays(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+def _copy_bands(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     """Copy an L/LA/RGB/RGBA Pillow image into fresh numpy arrays (colour, alpha), band by
     strips so that no full-size temporary exists besides Pillow's own buffer and the result."""
     width, height = im.size
@@ -611,7 +1018,9 @@ def _pillow_to_arrays(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
 
 def _cmyk_to_rgb(im: Image.Image, icc: bytes | None) -> tuple[Image.Image, bytes | None]:
     """CMYK -> RGB through the embedded profile when possible (result tagged sRGB)."""
-    if icc and _icc_colour_space(icc) == b"CMYK":
+    from engine.colour import profile_colour_space
+
+    if icc and profile_colour_space(icc) == b"CMYK":
         try:
             src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
             dst = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
@@ -623,76 +1032,38 @@ def _cmyk_to_rgb(im: Image.Image, icc: bytes | None) -> tuple[Image.Image, bytes
     return im.convert("RGB"), None
 
 
-def _finish(
-    pixels: np.ndarray,
-    alpha: np.ndarray | None,
-    orientation: int,
-    fmt: str,
-    exif: bytes | None,
-    icc: bytes | None,
-    notes: list[str],
-) -> _Decoded:
-    pixels = _owned_contiguous(apply_orientation(pixels, orientation))
-    if alpha is not None:
-        alpha = _owned_contiguous(apply_orientation(alpha, orientation))
-    return _Decoded(pixels, alpha, fmt, exif, icc, notes)
-
-
-def _owned_contiguous(arr: np.ndarray) -> np.ndarray:
-    if arr.flags.c_contiguous and arr.flags.writeable:
-        return arr
-    return np.array(arr, order="C", copy=True)
-
-
-def _decode(path: str | os.PathLike[str], min_side: int) -> _Decoded:
-    path = Path(path)
-    _check_readable(path)
-    im = _open_pillow(path)
-    try:
-        fmt = _PILLOW_FORMAT.get(im.format or "")
-        if fmt is None:
-            raise ImageError(
-                f"{_name(path)} is a {im.format or 'unknown'} image; only JPEG, PNG, TIFF and WebP are supported."
-            )
-        width, height = im.size
-        _check_size(path, width, height, min_side)
-        notes: list[str] = []
-        if _source_bits(im, fmt, path) == 16:
-            return _decode_16bit(path, im, fmt, notes)
-        return _decode_pillow(path, im, fmt, notes)
-    except MemoryError as exc:
-        raise ImageError(f"Not enough memory to open {_name(path)}.") from exc
-    finally:
-        im.close()
-
-
 def load_image(path: str | os.PathLike[str]) -> Photo:
-    """Read a JPEG, PNG, TIFF or WebP photo as an upright RGB :class:`Photo`.
+    """Read a JPEG, PNG, TIFF, WebP, HEIF/HEIC, AVIF or camera RAW photo as an upright RGB :class:`Photo`.
 
     Raises :class:`~engine.errors.ImageError` (one sentence naming the file) for missing,
     unreadable, truncated, corrupt, unsupported, too small (< :data:`MIN_SIDE`), too large
-    (> :data:`MAX_PIXELS`) or floating-point images.
+    (> :data:`MAX_PIXELS`) or floating-point images, RAW files LibRaw cannot decode and HEIF
+    files whose codec this installation lacks.
     """
+    from engine.colour import profile_colour_space
+
     path = Path(path)
-    dec = _decode(path, MIN_SIDE)
+    dec, stamp = _decode(path, MIN_SIDE)
     pixels, alpha, icc = dec.pixels, dec.alpha, dec.icc
     if pixels.ndim == 2:
         pixels = np.repeat(pixels[:, :, None], 3, axis=2)
         dec.notes.append("Converted the grayscale image to RGB.")
-    if icc is not None and _icc_colour_space(icc) != b"RGB ":
+    if icc is not None and profile_colour_space(icc) != b"RGB ":
         # A grayscale (or other non-RGB) profile does not describe the RGB pixels we return.
         icc = None
         dec.notes.append("Dropped the embedded non-RGB colour profile after converting to RGB.")
-    bit_depth = 16 if pixels.dtype == np.uint16 else 8
+    if alpha is not None and alpha.dtype != pixels.dtype:
+        alpha = _convert_depth(alpha, 16 if pixels.dtype == np.uint16 else 8)
     return Photo(
         pixels=pixels,
-        bit_depth=bit_depth,
+        bit_depth=16 if pixels.dtype == np.uint16 else 8,
         format=dec.format,
-        exif=dec.exif,
+        metadata=dec.metadata,
         icc_profile=icc,
         alpha=alpha,
         path=path,
         notes=dec.notes,
+        source_stat=stamp,
     )
 
 
@@ -730,12 +1101,16 @@ def atomic_write_bytes(
     a temporary file in the same folder is written, flushed and fsynced, then renamed over
     ``path``. On any failure the previous file (if any) is untouched and the temporary file is
     removed; errors are raised as :class:`~engine.errors.ImageError`. Paths in ``protect`` are
-    never written. Returns ``path``.
+    never written. A file that is replaced keeps its permission bits. Returns ``path``.
     """
     parts = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
     path = Path(path)
     folder = _check_target(path, protect)
     tmp = folder / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        old_mode = stat.S_IMODE(os.stat(path).st_mode) if path.is_file() else None
+    except OSError:
+        old_mode = None
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         try:
@@ -744,6 +1119,11 @@ def atomic_write_bytes(
                     fh.write(part)
                 fh.flush()
                 os.fsync(fh.fileno())
+            if old_mode is not None:
+                try:
+                    os.chmod(tmp, old_mode)
+                except OSError:
+                    pass
         except BaseException:
             _unlink_quietly(tmp)
             raise
@@ -797,12 +1177,16 @@ def _resolve_format(path: Path, format: str | None) -> str:
     if format is not None:
         fmt = _FORMAT_ALIASES.get(format.upper())
         if fmt is None:
-            raise ImageError(f"Cannot save as {format!r}; choose JPEG, PNG, TIFF or WebP.")
+            if format.upper() == "RAW":
+                raise ImageError(f"Cannot save {path.name} as a camera RAW file; save it as TIFF (16-bit) instead.")
+            raise ImageError(f"Cannot save as {format!r}; choose JPEG, PNG, TIFF, WebP, HEIF or AVIF.")
         return fmt
     fmt = _SUFFIX_FORMAT.get(path.suffix.lower())
     if fmt is None:
+        if path.suffix.lower() in RAW_SUFFIXES:
+            raise ImageError(f"Cannot write {path.name}: camera RAW files cannot be written; save it as .tif (16-bit TIFF) instead.")
         raise ImageError(
-            f"Cannot tell the format of {path.name!r} from its extension; use .jpg, .png, .tif or .webp."
+            f"Cannot tell the format of {path.name!r} from its extension; use .jpg, .png, .tif, .webp, .heic or .avif."
         )
     return fmt
 
@@ -811,7 +1195,8 @@ def save_image(
     path: str | os.PathLike[str],
     pixels: np.ndarray,
     *,
-    exif: bytes | Image.Exif | None = None,
+    metadata: Metadata | None = None,
+    exif: bytes | Image.Exif | Any | None = None,
     icc_profile: bytes | None = None,
     alpha: np.ndarray | None = None,
     quality: int = 95,
@@ -821,15 +1206,19 @@ def save_image(
 ) -> Path:
     """Encode an ``HxWx3`` RGB ``uint8``/``uint16`` image and write it atomically.
 
-    * ``format``: "JPEG", "PNG", "TIFF" or "WEBP" (case-insensitive, "JPG"/"TIF" accepted);
-      default from the file suffix.
-    * ``bit_depth``: 8 or 16 for PNG/TIFF (default: 16 for ``uint16`` input, 8 for ``uint8``).
-      JPEG and WebP are always 8-bit: ``uint16`` data is converted with rounding (``v / 257`` to
-      the nearest integer); 8 -> 16 bit multiplies by 257 (exact).
-    * ``exif``: embedded in every format; layout tags are dropped and the orientation is
-      written as 1 because ``pixels`` are upright. ``icc_profile``: embedded in every format.
-    * ``alpha``: ``HxW`` (any of uint8/uint16); re-attached for PNG, TIFF and WebP, dropped for JPEG.
-    * ``quality``: 1..100 for JPEG and WebP (JPEG uses 4:4:4 chroma at quality >= 90).
+    * ``format``: "JPEG", "PNG", "TIFF", "WEBP", "HEIF" or "AVIF" (case-insensitive, "JPG",
+      "TIF", "HEIC" accepted); default from the file suffix.
+    * ``bit_depth``: 8 or 16 for PNG/TIFF, 8 or 16 (stored as 10-bit) for HEIF (default: 16 for
+      ``uint16`` input, 8 for ``uint8``). JPEG, WebP and AVIF are always 8-bit: ``uint16`` data is
+      converted with rounding (``v / 257`` to the nearest integer); 8 -> 16 bit multiplies by 257.
+    * ``metadata``: EXIF, IPTC and XMP to embed (a :class:`Metadata`, e.g. ``photo.metadata``);
+      ``exif``: EXIF to use instead of ``metadata.exif`` (bytes as in a JPEG's APP1, Pillow's
+      ``Image.Exif`` or an ``exiv2.ExifData``). The orientation is written as 1 because
+      ``pixels`` are upright and the Software tag is set to :data:`SOFTWARE`.
+      ``icc_profile``: embedded in every format.
+    * ``alpha``: ``HxW`` (any of uint8/uint16); re-attached for PNG, TIFF, WebP, HEIF and AVIF,
+      dropped for JPEG.
+    * ``quality``: 1..100 for JPEG, WebP, HEIF and AVIF (JPEG uses 4:4:4 chroma at quality >= 90).
     * ``protect``: paths that must never be overwritten (the inputs); writing onto one raises.
 
     Returns the written path. On failure nothing is left behind and an existing file is untouched.
@@ -855,29 +1244,54 @@ def save_image(
         raise ImageError(f"Cannot save {path.name}: bit depth must be 8 or 16, not {bit_depth}.")
     if not 1 <= int(quality) <= 100:
         raise ImageError(f"Cannot save {path.name}: quality must be between 1 and 100, not {quality}.")
+    limit = {"JPEG": _JPEG_MAX_SIDE, "WEBP": _WEBP_MAX_SIDE, "HEIF": _HEIF_MAX_SIDE, "AVIF": _AVIF_MAX_SIDE}.get(fmt)
+    if limit is not None and max(h, w) > limit:
+        raise ImageError(
+            f"Cannot save {path.name}: {fmt} is limited to {limit} pixels per side; save as PNG or TIFF instead."
+        )
 
     bits = bit_depth if bit_depth is not None else (16 if pixels.dtype == np.uint16 else 8)
-    if fmt in ("JPEG", "WEBP"):
+    if fmt in ("JPEG", "WEBP", "AVIF"):
         bits = 8
-    exif_tags = _parse_exif(exif)
+    exif_override = None
+    if exif is not None:
+        exif_override = exif if not isinstance(exif, (bytes, bytearray, memoryview, Image.Exif)) else _exif_from_bytes(exif)
     icc = bytes(icc_profile) if icc_profile else None
+    name = path.name
 
     try:
+        ex = _exiv2()
+        with _EXIV2:
+            exif_data, iptc_data, xmp_data = _prepared_metadata(ex, metadata, exif_override, (w, h))
         rgb = _convert_depth(pixels, bits)
         a = _convert_depth(alpha, bits) if alpha is not None else None
-        if fmt == "JPEG":
-            data = _encode_jpeg(rgb, exif_tags, icc, int(quality), path)
-        elif fmt == "WEBP":
-            data = _encode_webp(rgb, a, exif_tags, icc, int(quality), path)
-        elif fmt == "PNG":
-            data = _encode_png(rgb, a, exif_tags, icc)
+        if fmt in ("HEIF", "AVIF"):
+            with _EXIV2:
+                exif_raw = _exif_payload(ex, exif_data, name, fmt)
+                xmp_raw = _encode_xmp(ex, xmp_data).encode("utf-8") if xmp_data is not None else None
+            if metadata is not None and metadata.iptc is not None and metadata.iptc.count():
+                log.info("%s: %s has no place for IPTC-IIM; only what the XMP mirrors is kept", name, fmt)
+            encode = _encode_heif if fmt == "HEIF" else _encode_avif
+            data = encode(rgb, a, int(quality), exif_raw, xmp_raw, icc)
+            with _EXIV2:
+                missing = _check_written(ex, data, fmt, exif_data, None, xmp_data, icc)
+            if missing:
+                raise ImageError(f"Cannot save {name}: the {fmt} encoder did not store its {missing} metadata; save as TIFF instead.")
         else:
-            data = _encode_tiff(rgb, a, exif_tags, icc)
+            if fmt == "JPEG":
+                data = _encode_jpeg(rgb, int(quality))
+            elif fmt == "WEBP":
+                data = _encode_webp(rgb, a, int(quality))
+            elif fmt == "PNG":
+                data = _encode_png(rgb, a, icc)
+            else:
+                data = _encode_tiff(rgb, a)
+            data = _embed(data, fmt, name, exif_data, iptc_data, xmp_data, icc)
     except ImageError:
         raise
     except MemoryError as exc:
         raise ImageError(f"Not enough memory to encode {path.name}.") from exc
-    except (OSError, ValueError, cv2.error) as exc:
+    except Exception as exc:  # noqa: BLE001 - encoders raise OSError, ValueError, cv2.error, RuntimeError...
         raise ImageError(f"Could not encode {path.name} as {fmt}: {exc}.") from exc
     return atomic_write_bytes(path, data, protect=protect)
 
@@ -885,166 +1299,143 @@ def save_image(
 def save_photo(
     path: str | os.PathLike[str], photo: Photo, pixels: np.ndarray | None = None, **kwargs: Any
 ) -> Path:
-    """:func:`save_image` with ``photo``'s EXIF, ICC profile and alpha (``pixels`` defaults to
+    """:func:`save_image` with ``photo``'s metadata, ICC profile and alpha (``pixels`` defaults to
     ``photo.pixels``; the input ``photo.path`` is always protected). Extra keyword arguments go
     to :func:`save_image`."""
     protect = list(kwargs.pop("protect", ()))
     if photo.path is not None:
         protect.append(photo.path)
-    kwargs.setdefault("exif", photo.exif)
+    kwargs.setdefault("metadata", photo.metadata)
     kwargs.setdefault("icc_profile", photo.icc_profile)
     kwargs.setdefault("alpha", photo.alpha)
     return save_image(path, photo.pixels if pixels is None else pixels, protect=protect, **kwargs)
 
 
-def _encode_jpeg(rgb: np.ndarray, exif: _ExifDict | None, icc: bytes | None, quality: int, path: Path) -> bytes:
-    if max(rgb.shape[:2]) > _JPEG_MAX_SIDE:
-        raise ImageError(f"Cannot save {path.name}: JPEG is limited to {_JPEG_MAX_SIDE} pixels per side.")
-    params: dict[str, Any] = {"quality": quality, "subsampling": 0 if quality >= 90 else 2}
-    if exif is not None:
-        raw = _exif_bytes(exif) or b""
-        if len(raw) > _JPEG_MAX_EXIF and IFD.Exif in exif:
-            exif[IFD.Exif].pop(_MAKERNOTE, None)  # camera maker notes are the usual bulk
-            raw = _exif_bytes(exif) or b""
-        if len(raw) > _JPEG_MAX_EXIF:
-            raise ImageError(f"Cannot save {path.name}: the EXIF data is too large for a JPEG file.")
-        params["exif"] = raw
-    if icc:
-        params["icc_profile"] = icc
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, "JPEG", **params)  # mode RGB
-    return buf.getvalue()
-
-
-def _encode_webp(
-    rgb: np.ndarray, alpha: np.ndarray | None, exif: _ExifDict | None, icc: bytes | None, quality: int, path: Path
-) -> bytes:
-    if max(rgb.shape[:2]) > _WEBP_MAX_SIDE:
+def save_in_place(photo: Photo, pixels: np.ndarray, *, quality: int = 95) -> Path:
+    """Write ``pixels`` back over the file ``photo`` was loaded from: same format, bit depth,
+    ICC profile, metadata and alpha, atomically. This replaces the original: callers must have
+    the user's confirmation. Refuses camera RAW files (they cannot be written) and files that
+    changed on disk since they were read (another program wrote them meanwhile)."""
+    if photo.path is None:
+        raise ImageError("This photo was not loaded from a file, so it cannot be saved in place; export it instead.")
+    path = Path(photo.path)
+    if photo.is_raw:
         raise ImageError(
-            f"Cannot save {path.name}: WebP is limited to {_WEBP_MAX_SIDE} pixels per side; "
-            "save as JPEG, PNG or TIFF instead."
+            f"{path.name} is a camera RAW file, which cannot be written; export the retouched photo as a 16-bit TIFF instead."
         )
-    if alpha is not None:
-        im = Image.fromarray(np.dstack([rgb, alpha]))  # RGBA
-    else:
-        im = Image.fromarray(np.ascontiguousarray(rgb))  # RGB
-    params: dict[str, Any] = {"quality": quality, "method": 4, "exact": alpha is not None}
-    if exif is not None:
-        params["exif"] = _exif_bytes(exif)
-    if icc:
-        params["icc_profile"] = icc
+    if photo.source_stat is not None:
+        try:
+            st = os.stat(path)
+            now = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            now = None
+        if now is not None and now != tuple(photo.source_stat):
+            raise ImageError(
+                f"{path.name} was changed by another program after it was opened; reopen it, or export your retouch to a new file."
+            )
+    out = save_image(path, pixels, metadata=photo.metadata, icc_profile=photo.icc_profile, alpha=photo.alpha,
+                     quality=quality, format=photo.format, bit_depth=photo.bit_depth)
+    try:
+        st = os.stat(out)
+        photo.source_stat = (st.st_size, st.st_mtime_ns)
+    except OSError:
+        pass
+    return out
+
+
+def _encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
     buf = io.BytesIO()
-    im.save(buf, "WEBP", **params)
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, "JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
     return buf.getvalue()
 
 
-def _encode_png(
-    rgb: np.ndarray, alpha: np.ndarray | None, exif: _ExifDict | None, icc: bytes | None
-) -> list[_Buffer]:
-    """PNG (8 or 16 bit) via OpenCV, then iCCP/eXIf chunks inserted after IHDR."""
+def _encode_webp(rgb: np.ndarray, alpha: np.ndarray | None, quality: int) -> bytes:
+    im = Image.fromarray(np.dstack([rgb, alpha]) if alpha is not None else np.ascontiguousarray(rgb))
+    buf = io.BytesIO()
+    im.save(buf, "WEBP", quality=quality, method=4, exact=alpha is not None)
+    return buf.getvalue()
+
+
+def _encode_png(rgb: np.ndarray, alpha: np.ndarray | None, icc: bytes | None) -> bytes:
+    """PNG (8 or 16 bit) via OpenCV. The ICC profile goes in here (OpenCV names the iCCP chunk;
+    exiv2 alone would write it with an empty name, which libpng-based readers reject, exiv2
+    issue #2354); exiv2 then keeps that chunk's name when it writes the rest of the metadata."""
     if alpha is not None:
         bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA)
         bgr[..., 3] = alpha
     else:
         bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    ok, enc = cv2.imencode(".png", bgr)
+    if icc:
+        ok, enc = cv2.imencodeWithMetadata(".png", bgr, [cv2.IMAGE_METADATA_ICCP], [np.frombuffer(icc, np.uint8)])
+    else:
+        ok, enc = cv2.imencode(".png", bgr)
     del bgr
     if not ok:
         raise ImageError("OpenCV could not encode the PNG image.")
-    return _png_with_metadata(enc.data, exif, icc)
-
-
-def _encode_gray_png(gray: np.ndarray) -> bytes:
-    ok, enc = cv2.imencode(".png", gray)
-    if not ok:
-        raise ImageError("OpenCV could not encode the PNG mask.")
     return enc.tobytes()
 
 
-def _png_with_metadata(png: bytes | memoryview, exif: _ExifDict | None, icc: bytes | None) -> list[_Buffer]:
-    """The chunks of ``png`` with iCCP/eXIf inserted after IHDR (as buffers, to avoid a copy)."""
-    extra: list[bytes] = []
-    if icc:
-        extra.append(_png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc)))
-    raw = _exif_bytes(exif)
-    if raw:
-        extra.append(_png_chunk(b"eXIf", raw[6:]))  # eXIf holds the TIFF block without "Exif\0\0"
-    mv = memoryview(png)
-    if not extra:
-        return [mv]
-    parts: list[_Buffer] = [_PNG_SIGNATURE]
-    for ctype, start, end in _iter_png_chunks(mv):
-        if icc and ctype in (b"iCCP", b"sRGB"):
-            continue  # a profile we embed replaces any colour-space chunk the encoder wrote
-        if raw and ctype == b"eXIf":
-            continue
-        parts.append(mv[start:end])
-        if ctype == b"IHDR":
-            parts.extend(extra)
-    return parts
+def _encode_tiff(rgb: np.ndarray, alpha: np.ndarray | None) -> bytes:
+    """RGB(A) TIFF, 8 or 16 bit, Adobe Deflate with horizontal predictor, ~1 MB strips compressed
+    in threads, by tifffile."""
+    import tifffile
 
-
-def _tiff_strip(block: np.ndarray) -> bytes:
-    """Horizontal-predictor (TIFF Predictor=2) + Deflate for one strip of rows."""
-    diff = block.copy()
-    diff[:, 1:] -= block[:, :-1]  # unsigned wrap-around is exactly what the predictor specifies
-    return zlib.compress(diff.astype(diff.dtype.newbyteorder("<"), copy=False).tobytes(), _DEFLATE_LEVEL)
-
-
-def _encode_tiff(
-    rgb: np.ndarray, alpha: np.ndarray | None, exif: _ExifDict | None, icc: bytes | None
-) -> list[_Buffer]:
-    """Baseline little-endian RGB(A) TIFF, 8 or 16 bit, Adobe Deflate with horizontal predictor.
-
-    Layout: header, IFD (with EXIF/GPS sub-IFDs and the ICC profile, serialised by Pillow), then
-    the strip data. Pillow's IFD writer adds the end-of-IFD offset to StripOffsets, so the offsets
-    given here are relative to the first strip.
-    """
-    arr = np.dstack([rgb, alpha]) if alpha is not None else rgb
+    arr = np.dstack([rgb, alpha]) if alpha is not None else np.ascontiguousarray(rgb)
     h, w, c = arr.shape
-    bits = arr.dtype.itemsize * 8
     rows = max(1, min(h, (1 << 20) // (w * c * arr.dtype.itemsize)))
-    blocks = [arr[y : y + rows] for y in range(0, h, rows)]
-    workers = max(1, min(4, os.cpu_count() or 1))
-    if workers > 1 and len(blocks) > 1:
-        with ThreadPoolExecutor(workers) as pool:  # zlib releases the GIL
-            strips = list(pool.map(_tiff_strip, blocks))
-    else:
-        strips = [_tiff_strip(b) for b in blocks]
-    del arr, blocks
+    buf = io.BytesIO()
+    tifffile.imwrite(
+        buf, arr, photometric="rgb", planarconfig="contig", extrasamples=("unassalpha",) if alpha is not None else None,
+        compression="adobe_deflate", compressionargs={"level": _DEFLATE_LEVEL}, predictor=True, rowsperstrip=rows,
+        maxworkers=max(1, min(4, os.cpu_count() or 1)), metadata=None, software=SOFTWARE,
+    )
+    return buf.getvalue()
 
-    ifd = ImageFileDirectory_v2(prefix=b"II")
-    for key, value in (exif or {}).items():
-        if key not in _LAYOUT_TAGS:  # never let EXIF override the layout written below
-            ifd[key] = value
-    offsets, pos = [], 0
-    for s in strips:
-        offsets.append(pos)
-        pos += len(s)
-    long_, short, undefined = 4, 3, 7
-    layout: list[tuple[int, int, Any]] = [
-        (256, long_, w),
-        (257, long_, h),
-        (258, short, (bits,) * c),
-        (259, short, 8),  # Adobe Deflate
-        (262, short, 2),  # RGB
-        (273, long_, tuple(offsets)),  # relative; Pillow adds the end-of-IFD offset
-        (277, short, c),
-        (278, long_, rows),
-        (279, long_, tuple(len(s) for s in strips)),
-        (284, short, 1),  # chunky
-        (317, short, 2),  # horizontal differencing
-        (339, short, (1,) * c),  # unsigned integer samples
-    ]
-    if c == 4:
-        layout.append((338, short, 2))  # unassociated alpha
+
+def _encode_heif(rgb: np.ndarray, alpha: np.ndarray | None, quality: int, exif: bytes | None, xmp: bytes | None,
+                 icc: bytes | None) -> bytes:
+    try:
+        import pillow_heif
+    except ImportError as exc:  # pragma: no cover - a dependency
+        raise ImageError("Saving HEIF needs the pillow-heif package (pip install pillow-heif).") from exc
+    arr = np.dstack([rgb, alpha]) if alpha is not None else np.ascontiguousarray(rgb)
+    sixteen = arr.dtype == np.uint16
+    mode = ("RGBA" if alpha is not None else "RGB") + (";16" if sixteen else "")
+    if sixteen:  # pillow-heif takes 10-bit samples aligned to the top of 16 bits
+        arr = ((arr.astype(np.uint32) * 1023 + 32767) // 65535 << 6).astype(np.uint16)
+    heif = pillow_heif.from_bytes(mode=mode, size=(arr.shape[1], arr.shape[0]), data=np.ascontiguousarray(arr).tobytes())
+    params: dict[str, Any] = {"quality": quality, "chroma": 444 if quality >= 90 else 420}
+    if exif:
+        params["exif"] = exif
+    if xmp:
+        params["xmp"] = xmp
     if icc:
-        layout.append((34675, undefined, icc))
-    for tag, typ, value in layout:
-        ifd.tagtype[tag] = typ
-        ifd[tag] = value
-    header = b"II*\x00" + struct.pack("<I", 8)
-    return [header, ifd.tobytes(8), *strips]
+        params["icc_profile"] = icc
+    buf = io.BytesIO()
+    try:
+        heif.save(buf, format="HEIF", **params)
+    except (RuntimeError, ValueError, OSError) as exc:
+        if any(word in str(exc).lower() for word in ("encoder", "plugin", "codec")):
+            raise ImageError(
+                f"Cannot save HEIF: this installation has no HEVC encoder ({exc}); save as JPEG, PNG or TIFF instead."
+            ) from exc
+        raise
+    return buf.getvalue()
+
+
+def _encode_avif(rgb: np.ndarray, alpha: np.ndarray | None, quality: int, exif: bytes | None, xmp: bytes | None,
+                 icc: bytes | None) -> bytes:
+    im = Image.fromarray(np.dstack([rgb, alpha]) if alpha is not None else np.ascontiguousarray(rgb))
+    params: dict[str, Any] = {"quality": quality, "subsampling": "4:4:4" if quality >= 90 else "4:2:0"}
+    if exif:
+        params["exif"] = exif
+    if xmp:
+        params["xmp"] = xmp
+    if icc:
+        params["icc_profile"] = icc
+    buf = io.BytesIO()
+    im.save(buf, "AVIF", **params)
+    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------------------------
@@ -1056,7 +1447,7 @@ def load_mask(path: str | os.PathLike[str], shape: tuple[int, int] | None = None
     ``HxW`` ``float32`` array in [0, 1]. RGB(A) masks collapse to their luminance (alpha is
     ignored). EXIF orientation is applied. ``shape=(H, W)`` of the photo: a mismatch raises."""
     path = Path(path)
-    dec = _decode(path, 1)
+    dec, _ = _decode(path, 1)
     m = dec.pixels
     if m.ndim == 3:
         f = to_float(m)
@@ -1106,4 +1497,7 @@ def save_mask(
         out = _convert_depth(m, bit_depth)
     else:
         raise ImageError(f"Cannot save mask {path.name}: unsupported dtype {m.dtype}.")
-    return atomic_write_bytes(path, _encode_gray_png(np.ascontiguousarray(out)), protect=protect)
+    ok, enc = cv2.imencode(".png", np.ascontiguousarray(out))
+    if not ok:
+        raise ImageError("OpenCV could not encode the PNG mask.")
+    return atomic_write_bytes(path, enc.tobytes(), protect=protect)

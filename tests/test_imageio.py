@@ -1,14 +1,17 @@
-"""Tests for engine.imageio: every image is generated here, in tmp_path."""
+"""Tests for engine.imageio: every image is generated here, in tmp_path (RAW files with pidng)."""
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import zlib
 from pathlib import Path
 
 import cv2
+import exiv2
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image, ImageCms, ImageOps
 
 from engine import imageio
@@ -65,11 +68,38 @@ def camera_exif(orientation: int | None = None) -> Image.Exif:
     return exif
 
 
-def parse_exif(data: bytes | None) -> Image.Exif:
-    assert data is not None
-    exif = Image.Exif()
-    exif.load(data)
-    return exif
+def meta(photo: Photo) -> dict[str, str]:
+    """Every EXIF/IPTC/XMP value the loader kept, as {exiv2 key: text}."""
+    return photo.metadata.as_dict()
+
+
+def file_meta(path: Path) -> tuple[dict[str, str], bytes | None]:
+    """What exiv2 reads straight from a file: ({key: text}, ICC profile)."""
+    img = exiv2.ImageFactory.open(path.read_bytes())
+    img.readMetadata()
+    out: dict[str, str] = {}
+    for data in (img.exifData(), img.iptcData(), img.xmpData()):
+        for d in data:
+            out[d.key()] = f"{out[d.key()]}; {d.toString()}" if d.key() in out else d.toString()
+    icc = bytes(img.iccProfile().data()) if img.iccProfileDefined() else None
+    return out, icc
+
+
+def set_file_metadata(path: Path, exif: dict | None = None, xmp: dict | None = None, iptc: list | None = None) -> None:
+    """Write tags into an existing file with exiv2 (a test fixture: what a camera or catalogue writes)."""
+    img = exiv2.ImageFactory.open(path.read_bytes())
+    img.readMetadata()
+    for key, value in (exif or {}).items():
+        img.exifData()[key] = value
+    for key, value in (xmp or {}).items():
+        img.xmpData()[key] = value
+    for key, value in iptc or []:
+        img.iptcData().add(exiv2.IptcKey(key), exiv2.StringValue(value))
+    img.writeMetadata()
+    io_ = img.io()
+    data = bytes(io_.mmap())
+    io_.munmap()
+    path.write_bytes(data)
 
 
 def expected_orientation(a: np.ndarray, orientation: int) -> np.ndarray:
@@ -94,10 +124,14 @@ def leftovers(folder: Path) -> list[str]:
 
 
 def test_supported_suffixes_case_insensitive():
-    for name in ["a.jpg", "a.JPEG", "b.png", "c.TIF", "d.tiff", "e.WebP"]:
+    for name in ["a.jpg", "a.JPEG", "b.png", "c.TIF", "d.tiff", "e.WebP", "f.HEIC", "g.heif", "h.avif",
+                 "i.DNG", "j.cr2", "k.CR3", "l.nef", "m.ARW", "n.raf", "o.orf", "p.RW2"]:
         assert is_supported(name)
-    for name in ["a.bmp", "a.gif", "a", "a.jpg.txt", "a.heic"]:
+    for name in ["a.bmp", "a.gif", "a", "a.jpg.txt", "a.xmp", "a.psd"]:
         assert not is_supported(name)
+    assert imageio.is_raw("x.NEF") and not imageio.is_raw("x.tif")
+    assert imageio.default_output_suffix("shoot/IMG_1.CR2") == ".tif"
+    assert imageio.default_output_suffix("IMG_1.jpeg") == ".jpeg"
 
 
 def test_to_float_and_from_float_round_trip():
@@ -208,7 +242,8 @@ def test_16bit_to_8bit_rounds_and_8bit_to_16bit_scales(tmp_path):
 
 @pytest.mark.parametrize(
     "suffix,dtype",
-    [(".jpg", U8), (".png", U8), (".png", U16), (".tif", U8), (".tif", U16), (".webp", U8)],
+    [(".jpg", U8), (".png", U8), (".png", U16), (".tif", U8), (".tif", U16), (".webp", U8),
+     (".heic", U8), (".heic", U16), (".avif", U8)],
 )
 def test_exif_and_icc_survive(tmp_path, suffix, dtype):
     icc = srgb_icc()
@@ -217,16 +252,78 @@ def test_exif_and_icc_survive(tmp_path, suffix, dtype):
     path = save_image(tmp_path / f"m{suffix}", src, exif=camera_exif(6).tobytes(), icc_profile=icc)
     photo = load_image(path)
     assert photo.icc_profile == icc
-    exif = parse_exif(photo.exif)
-    assert exif[271] == "Nikon" and exif[272] == "Z 9" and exif[306] == "2024:05:06 07:08:09"
-    assert exif[ORIENTATION] == 1
-    sub = exif.get_ifd(EXIF_IFD)
-    assert sub[0x9003] == "2024:05:06 07:08:09" and sub[0x8827] == 200
+    m = meta(photo)
+    assert m["Exif.Image.Make"] == "Nikon" and m["Exif.Image.Model"] == "Z 9"
+    assert m["Exif.Image.DateTime"] == "2024:05:06 07:08:09"
+    assert m["Exif.Image.Orientation"] == "1" and m["Exif.Image.Software"] == imageio.SOFTWARE
+    assert m["Exif.Photo.DateTimeOriginal"] == "2024:05:06 07:08:09" and m["Exif.Photo.ISOSpeedRatings"] == "200"
     assert photo.pixels.shape == src.shape  # not rotated on the way back
-    # Pillow, an independent reader, sees the same metadata in the file.
-    with Image.open(path) as im:
-        assert im.info.get("icc_profile") == icc
-        assert im.getexif()[272] == "Z 9"
+    # An independent reader sees the same metadata in the file.
+    if suffix == ".heic":
+        import pillow_heif
+
+        heif = pillow_heif.open_heif(path)
+        assert heif.info["icc_profile"] == icc and b"Z 9" in heif.info["exif"]
+    else:
+        with Image.open(path) as im:
+            assert im.info.get("icc_profile") == icc
+            assert im.getexif()[272] == "Z 9" and im.getexif().get(ORIENTATION, 1) == 1
+
+
+def test_png_icc_chunk_has_a_name_libpng_accepts(tmp_path):
+    # exiv2 alone writes iCCP with an empty name, which libpng-based readers (browsers) discard.
+    for dtype in (U8, U16):
+        data = save_image(tmp_path / f"p{dtype.__name__}.png", noise(dtype=dtype), icc_profile=srgb_icc()).read_bytes()
+        at = data.index(b"iCCP")
+        name = data[at + 4 : data.index(b"\x00", at + 4)]
+        assert 1 <= len(name) <= 79 and data.count(b"iCCP") == 1
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".tif", ".webp", ".heic", ".avif"])
+def test_xmp_and_iptc_survive_where_the_format_holds_them(tmp_path, suffix):
+    src = tmp_path / "src.tif"
+    save_image(src, noise(dtype=U16), exif=camera_exif().tobytes())
+    set_file_metadata(src, xmp={"Xmp.xmp.Rating": "4", "Xmp.dc.creator": "Jane Doe",
+                                "Xmp.photoshop.City": "Lyon", "Xmp.tiff.Orientation": "1"},
+                      iptc=[("Iptc.Application2.Keywords", "portrait"), ("Iptc.Application2.Keywords", "studio"),
+                            ("Iptc.Application2.Copyright", "(c) Jane Doe")])
+    photo = load_image(src)
+    m = meta(photo)
+    assert m["Xmp.xmp.Rating"] == "4" and m["Iptc.Application2.Keywords"] == "portrait; studio"
+    out = save_photo(tmp_path / f"out{suffix}", photo)
+    back, _ = file_meta(out)
+    assert back["Xmp.xmp.Rating"] == "4" and back["Xmp.dc.creator"] == "Jane Doe" and back["Xmp.photoshop.City"] == "Lyon"
+    assert back["Exif.Image.Make"] == "Nikon" and back["Exif.Image.Software"] == imageio.SOFTWARE
+    if suffix in (".jpg", ".png", ".tif"):
+        assert back["Iptc.Application2.Keywords"] == "portrait; studio"
+        assert back["Iptc.Application2.Copyright"] == "(c) Jane Doe"
+    else:  # WebP, HEIF and AVIF have no place for IPTC-IIM (documented); the rest is kept
+        assert "Iptc.Application2.Keywords" not in back
+
+
+def test_orientation_and_thumbnail_are_reset_and_software_is_set(tmp_path):
+    src = tmp_path / "cam.jpg"
+    stored = blocks()
+    Image.fromarray(stored).save(src, quality=95, exif=camera_exif(6))
+    img = exiv2.ImageFactory.open(src.read_bytes())
+    img.readMetadata()
+    thumb = tmp_path / "thumb.jpg"
+    Image.fromarray(stored[::4, ::4]).save(thumb)
+    exiv2.ExifThumb(img.exifData()).setJpegThumbnail(str(thumb))
+    img.xmpData()["Xmp.tiff.Orientation"] = "6"
+    img.writeMetadata()
+    io_ = img.io()
+    src.write_bytes(bytes(io_.mmap()))
+    io_.munmap()
+    assert any(k.startswith("Exif.Thumbnail.") for k in file_meta(src)[0])
+    photo = load_image(src)
+    assert photo.pixels.shape == (96, 64, 3)  # rotated upright
+    out = save_photo(tmp_path / "out.jpg", photo)
+    back, _ = file_meta(out)
+    assert back["Exif.Image.Orientation"] == "1" and back["Xmp.tiff.Orientation"] == "1"
+    assert back["Exif.Image.Software"] == imageio.SOFTWARE
+    assert not any(k.startswith("Exif.Thumbnail.") for k in back)  # it showed the un-retouched photo
+    assert load_image(out).pixels.shape == (96, 64, 3)  # not rotated twice
 
 
 def test_exif_without_prefix_and_save_photo_keeps_metadata(tmp_path):
@@ -236,7 +333,7 @@ def test_exif_without_prefix_and_save_photo_keeps_metadata(tmp_path):
     first = load_image(save_image(tmp_path / "a.png", noise(), exif=raw[6:], icc_profile=icc, alpha=noise()[..., 0]))
     out = save_photo(tmp_path / "b.tif", first, pixels=first.pixels[::-1].copy())
     second = load_image(out)
-    assert second.icc_profile == icc and parse_exif(second.exif)[271] == "Nikon"
+    assert second.icc_profile == icc and meta(second)["Exif.Image.Make"] == "Nikon"
     assert np.array_equal(second.alpha, first.alpha)
     assert np.array_equal(second.pixels, first.pixels[::-1])
     with pytest.raises(ImageError, match="overwrite"):
@@ -247,13 +344,13 @@ def test_tiff_layout_tags_do_not_leak_into_exif(tmp_path):
     path = tmp_path / "pillow.tif"
     Image.fromarray(noise()).save(path, exif=camera_exif(), compression="tiff_lzw")
     photo = load_image(path)
-    exif = parse_exif(photo.exif)
-    assert exif[271] == "Nikon"
-    for layout_tag in (256, 257, 258, 259, 273, 279):
-        assert layout_tag not in exif
+    m = meta(photo)
+    assert m["Exif.Image.Make"] == "Nikon"
+    for key in ("ImageWidth", "ImageLength", "BitsPerSample", "Compression", "StripOffsets", "StripByteCounts"):
+        assert f"Exif.Image.{key}" not in m
     # ...so it can be carried into a JPEG and back.
     out = load_image(save_image(tmp_path / "o.jpg", blocks(), exif=photo.exif))
-    assert parse_exif(out.exif)[272] == "Z 9"
+    assert meta(out)["Exif.Image.Model"] == "Z 9"
 
 
 def test_invalid_exif_to_embed_is_a_clear_error(tmp_path):
@@ -279,10 +376,12 @@ def test_grayscale_profile_is_dropped_after_rgb_conversion(tmp_path):
 def _write_oriented(path: Path, stored: np.ndarray, orientation: int) -> None:
     exif = camera_exif(orientation)
     fmt = path.suffix.lower()
-    if stored.dtype == np.uint16 or fmt == ".tiff":  # our own encoders (Pillow: no 16-bit RGB)
-        tags = {271: "Nikon", 272: "Z 9", ORIENTATION: orientation}  # raw tags: orientation kept
-        encode = imageio._encode_png if fmt == ".png" else imageio._encode_tiff
-        path.write_bytes(b"".join(encode(stored, None, tags, None)))
+    if stored.dtype == np.uint16 or fmt == ".tiff":  # Pillow has no 16-bit RGB: OpenCV / tifffile + exiv2
+        if fmt == ".png":
+            path.write_bytes(cv2.imencode(".png", stored[..., ::-1])[1].tobytes())
+        else:
+            tifffile.imwrite(path, stored, photometric="rgb", compression="adobe_deflate", predictor=True)
+        set_file_metadata(path, exif={"Exif.Image.Make": "Nikon", "Exif.Image.Orientation": exiv2.UShortValue(orientation)})
     elif fmt == ".jpg":
         Image.fromarray(stored).save(path, quality=95, subsampling=0, exif=exif)
     elif fmt == ".webp":
@@ -297,7 +396,7 @@ def _write_oriented(path: Path, stored: np.ndarray, orientation: int) -> None:
     [
         (".png", np.uint8),
         (".tif", np.uint8),  # Pillow's uncompressed TIFF
-        (".tiff", np.uint8),  # our Deflate TIFF (Pillow decodes it through libtiff)
+        (".tiff", np.uint8),  # tifffile's Deflate TIFF, orientation written by exiv2
         (".webp", np.uint8),
         (".jpg", np.uint8),
         (".png", np.uint16),
@@ -316,7 +415,7 @@ def test_exif_orientation(tmp_path, orientation, suffix, dtype):
     else:
         assert np.array_equal(photo.pixels, want)
     assert photo.pixels.flags.c_contiguous and photo.pixels.flags.writeable
-    assert parse_exif(photo.exif)[ORIENTATION] == 1
+    assert meta(photo)["Exif.Image.Orientation"] == "1"
     if dtype == np.uint8 and suffix != ".jpg":
         # Pillow's own exif_transpose agrees with the numpy expectation.
         with Image.open(path) as im:
@@ -627,7 +726,7 @@ def test_16bit_png_with_exif_after_image_data(tmp_path):
     photo = load_image(path)
     assert photo.bit_depth == 16
     assert np.array_equal(photo.pixels, np.rot90(stored, 1))
-    assert parse_exif(photo.exif)[272] == "Z 9"
+    assert meta(photo)["Exif.Image.Model"] == "Z 9"
 
 
 def test_invalid_orientation_value_is_ignored(tmp_path):
@@ -638,22 +737,40 @@ def test_invalid_orientation_value_is_ignored(tmp_path):
     photo = load_image(path)
     assert np.array_equal(photo.pixels, noise())
     assert any("orientation" in n for n in photo.notes)
-    assert parse_exif(photo.exif)[ORIENTATION] == 1
+    assert meta(photo)["Exif.Image.Orientation"] == "1"
 
 
 def test_jpeg_exif_size_limit(tmp_path):
     exif = camera_exif()
     exif.get_ifd(EXIF_IFD)[0x927C] = b"\x01" * 70000  # a bulky MakerNote is dropped to fit APP1
     photo = load_image(save_image(tmp_path / "m.jpg", blocks(), exif=exif.tobytes()))
-    kept = parse_exif(photo.exif)
-    assert kept[271] == "Nikon" and 0x927C not in kept.get_ifd(EXIF_IFD)
+    kept = meta(photo)
+    assert kept["Exif.Image.Make"] == "Nikon" and "Exif.Photo.MakerNote" not in kept
     huge = camera_exif()
     huge[270] = "x" * 70000  # ImageDescription: nothing sensible to drop
-    with pytest.raises(ImageError, match="too large"):
+    with pytest.raises(ImageError, match="EXIF metadata is too large for a JPEG") as exc:
         save_image(tmp_path / "h.jpg", blocks(), exif=huge.tobytes())
-    # PNG and TIFF have no such limit and keep everything.
-    big = load_image(save_image(tmp_path / "h.png", noise(), exif=huge.tobytes()))
-    assert len(parse_exif(big.exif)[270]) == 70000
+    _assert_clear(exc, "h.jpg")
+    assert not (tmp_path / "h.jpg").exists() and leftovers(tmp_path) == []
+    # TIFF has no such limit and keeps everything (exiv2 holds EXIF in PNG and WebP to 64 kB too).
+    big = load_image(save_image(tmp_path / "h.tif", noise(), exif=huge.tobytes()))
+    assert len(meta(big)["Exif.Image.ImageDescription"]) == 70000
+    with pytest.raises(ImageError, match="too large for a PNG file; save it as TIFF"):
+        save_image(tmp_path / "h.png", noise(), exif=huge.tobytes())
+
+
+def test_xmp_too_large_for_jpeg_is_one_clear_sentence_and_writes_nothing(tmp_path):
+    src = save_image(tmp_path / "src.tif", noise())
+    set_file_metadata(src, xmp={"Xmp.dc.description": "lang=x-default " + "y" * 70000, "Xmp.xmp.Rating": "5"})
+    photo = load_image(src)
+    target = tmp_path / "out.jpg"
+    target.write_bytes(b"previous export")
+    with pytest.raises(ImageError, match="XMP metadata is too large for a JPEG file; save it as TIFF or PNG") as exc:
+        save_photo(target, photo)
+    _assert_clear(exc, "out.jpg")
+    assert target.read_bytes() == b"previous export" and leftovers(tmp_path) == []
+    back, _ = file_meta(save_photo(tmp_path / "out.tif", photo))  # TIFF holds it
+    assert len(back["Xmp.dc.description"]) > 70000 and back["Xmp.xmp.Rating"] == "5"
 
 
 def test_truncation_detected_even_if_someone_enabled_truncated_loading(tmp_path, monkeypatch):
@@ -665,3 +782,210 @@ def test_truncation_detected_even_if_someone_enabled_truncated_loading(tmp_path,
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
     with pytest.raises(ImageError, match="truncated"):
         load_image(bad)
+
+
+# ----------------------------------------------------------------------------- camera RAW (DNG made with pidng)
+
+
+def make_dng(path: Path, h: int = 128, w: int = 192, *, neutral=(1.0, 1.0, 1.0), orientation: int = 1,
+             make: str = "Testcam") -> Path:
+    """A small Bayer (RGGB) DNG: a warm left half and a cool right half, 12-bit data."""
+    from pidng.core import RAW2DNG, DNGTags, Tag
+    from pidng.defs import CalibrationIlluminant, CFAPattern, DNGVersion, PhotometricInterpretation
+
+    scene = np.zeros((h, w, 3))
+    scene[:, : w // 2] = (0.55, 0.30, 0.18)
+    scene[:, w // 2 :] = (0.18, 0.30, 0.55)
+    white = 4095
+    raw = np.zeros((h, w), np.uint16)
+    gains = [1 / neutral[0], 1 / neutral[1], 1 / neutral[2]]  # what the camera recorded under that light
+    raw[0::2, 0::2] = np.clip(scene[0::2, 0::2, 0] / gains[0], 0, 1) * white
+    raw[0::2, 1::2] = np.clip(scene[0::2, 1::2, 1] / gains[1], 0, 1) * white
+    raw[1::2, 0::2] = np.clip(scene[1::2, 0::2, 1] / gains[1], 0, 1) * white
+    raw[1::2, 1::2] = np.clip(scene[1::2, 1::2, 2] / gains[2], 0, 1) * white
+    t = DNGTags()
+    t.set(Tag.ImageWidth, w)
+    t.set(Tag.ImageLength, h)
+    t.set(Tag.TileWidth, w)
+    t.set(Tag.TileLength, h)
+    t.set(Tag.Orientation, orientation)
+    t.set(Tag.PhotometricInterpretation, PhotometricInterpretation.Color_Filter_Array)
+    t.set(Tag.SamplesPerPixel, 1)
+    t.set(Tag.BitsPerSample, 16)
+    t.set(Tag.CFARepeatPatternDim, [2, 2])
+    t.set(Tag.CFAPattern, CFAPattern.RGGB)
+    t.set(Tag.BlackLevel, 0)
+    t.set(Tag.WhiteLevel, white)
+    # XYZ -> camera: the sRGB primaries' matrix, so camera RGB is linear sRGB.
+    m = [[3.2406, -1.5372, -0.4986], [-0.9689, 1.8758, 0.0415], [0.0557, -0.2040, 1.0570]]
+    t.set(Tag.ColorMatrix1, [[int(round(v * 10000)), 10000] for row in m for v in row])
+    t.set(Tag.CalibrationIlluminant1, CalibrationIlluminant.D65)
+    t.set(Tag.AsShotNeutral, [[int(round(v * 10000)), 10000] for v in neutral])
+    t.set(Tag.Make, make)
+    t.set(Tag.Model, "T1")
+    t.set(Tag.DNGVersion, DNGVersion.V1_4)
+    t.set(Tag.DNGBackwardVersion, DNGVersion.V1_2)
+    r = RAW2DNG()
+    r.options(t, path="", compress=False)
+    r.convert(raw, filename=str(path.with_suffix("")))
+    return path
+
+
+def test_dng_is_developed_to_16_bit_adobe_rgb_with_camera_white_balance(tmp_path):
+    from engine.colour import adobe_rgb_profile
+
+    path = make_dng(tmp_path / "IMG_0001.dng")
+    photo = load_image(path)
+    assert photo.format == "RAW" and photo.is_raw and photo.bit_depth == 16
+    assert photo.pixels.dtype == np.uint16 and photo.pixels.shape == (128, 192, 3)
+    assert photo.icc_profile == adobe_rgb_profile()  # the stated output profile
+    assert any("LibRaw" in n and "Adobe RGB" in n for n in photo.notes)
+    left = photo.pixels[20:100, 10:80].reshape(-1, 3).mean(0)
+    right = photo.pixels[20:100, 110:180].reshape(-1, 3).mean(0)
+    assert left[0] > left[2] * 1.3 and right[2] > right[0] * 1.3  # warm stays warm, cool stays cool
+    m = meta(photo)
+    assert m["Exif.Image.Make"] == "Testcam" and m["Exif.Image.Model"] == "T1"
+    assert not any(k in m for k in ("Exif.Image.DNGVersion", "Exif.Image.ColorMatrix1", "Exif.Image.CFAPattern",
+                                    "Exif.Image.AsShotNeutral", "Exif.Image.TileOffsets"))
+
+    # As shot under a green-ish light, the camera's white balance brings the scene back.
+    tinted = load_image(make_dng(tmp_path / "tinted.dng", neutral=(0.6, 1.0, 0.8)))
+    ratio_plain = left / left[1]
+    t_left = tinted.pixels[20:100, 10:80].reshape(-1, 3).mean(0)
+    assert np.allclose(t_left / t_left[1], ratio_plain, rtol=0.12)
+
+
+def test_raw_orientation_is_applied_by_libraw_and_exported_as_16_bit_tiff(tmp_path):
+    photo = load_image(make_dng(tmp_path / "portrait.dng", orientation=6))
+    assert photo.pixels.shape == (192, 128, 3)  # rotated upright
+    assert meta(photo)["Exif.Image.Orientation"] == "1"
+    out = tmp_path / ("portrait" + imageio.default_output_suffix(photo.path))
+    save_photo(out, photo)
+    back = load_image(out)
+    assert out.suffix == ".tif" and back.format == "TIFF" and back.bit_depth == 16
+    assert np.array_equal(back.pixels, photo.pixels) and back.icc_profile == photo.icc_profile
+    m, _ = file_meta(out)
+    assert m["Exif.Image.Make"] == "Testcam" and "Exif.Image.DNGVersion" not in m
+    with tifffile.TiffFile(out) as tf:  # a plain RGB TIFF, not a DNG
+        assert tf.pages[0].photometric == 2 and "DNGVersion" not in tf.pages[0].tags
+    with pytest.raises(ImageError, match="camera RAW files cannot be written"):
+        save_photo(tmp_path / "x.nef", photo)
+
+
+def test_bad_raw_files_get_one_clear_sentence(tmp_path):
+    fake = tmp_path / "IMG_0002.NEF"
+    fake.write_bytes(np.random.default_rng(3).bytes(20000))
+    with pytest.raises(ImageError, match="RAW") as exc:
+        load_image(fake)
+    _assert_clear(exc, "IMG_0002.NEF")
+    good = make_dng(tmp_path / "cut.dng").read_bytes()
+    cut = tmp_path / "cut2.dng"
+    cut.write_bytes(good[: len(good) // 3])
+    with pytest.raises(ImageError) as exc:
+        load_image(cut)
+    _assert_clear(exc, "cut2.dng")
+
+
+# ----------------------------------------------------------------------------- HEIF / AVIF
+
+
+def smooth(h: int = 96, w: int = 128, dtype=np.uint8) -> np.ndarray:
+    """A smooth gradient image (lossy codecs reproduce it closely)."""
+    y, x = np.mgrid[0:h, 0:w]
+    top = 255 if dtype == np.uint8 else 65535
+    img = np.stack([x / (w - 1), y / (h - 1), 0.5 + 0.25 * np.sin(x / 9.0)], -1) * top
+    return img.round().astype(dtype)
+
+
+@pytest.mark.parametrize("suffix,dtype", [(".heic", U8), (".heic", U16), (".avif", U8)])
+def test_heif_and_avif_round_trip_with_alpha(tmp_path, suffix, dtype):
+    src = smooth(dtype=dtype)
+    alpha = np.full(src.shape[:2], np.iinfo(dtype).max, dtype)
+    alpha[:, :20] = 0
+    photo = load_image(save_image(tmp_path / f"a{suffix}", src, alpha=alpha, quality=95))
+    assert photo.format == ("HEIF" if suffix == ".heic" else "AVIF")
+    # HEIF keeps high bit depth (stored as 10-bit, read back scaled to 16); AVIF through Pillow is 8-bit.
+    assert photo.bit_depth == (16 if dtype == U16 and suffix == ".heic" else 8)
+    scale = 257 if photo.bit_depth == 16 and dtype == U8 else 1
+    ref = src if photo.bit_depth == 16 or dtype == U8 else (src // 257).astype(U8)
+    err = np.abs(photo.pixels.astype(float) - ref.astype(float) * scale).mean() / (65535 if photo.bit_depth == 16 else 255)
+    assert err < 0.02
+    assert photo.alpha is not None and photo.alpha[:, :15].max() < 0.1 * np.iinfo(photo.alpha.dtype).max
+    assert photo.alpha[:, 30:].min() > 0.9 * np.iinfo(photo.alpha.dtype).max
+
+
+def test_heif_from_a_phone_in_display_p3_keeps_its_colour_description(tmp_path):
+    import pillow_heif
+
+    from engine.colour import is_srgb
+
+    src = smooth()
+    heif = pillow_heif.from_bytes(mode="RGB", size=(src.shape[1], src.shape[0]), data=src.tobytes())
+    path = tmp_path / "IMG_4242.HEIC"
+    # No ICC profile, only CICP/nclx colour information (Display P3, sRGB curve), as phones write.
+    heif.save(path, quality=95, chroma=444, color_primaries=12, transfer_characteristics=13,
+              matrix_coefficients=6, full_range_flag=1, save_nclx_profile=True)
+    photo = load_image(path)
+    assert photo.format == "HEIF" and photo.icc_profile is not None and not is_srgb(photo.icc_profile)
+    assert np.abs(photo.pixels.astype(int) - src).mean() < 3
+
+
+def test_heif_without_its_codec_is_one_clear_sentence(tmp_path, monkeypatch):
+    import pillow_heif
+
+    path = save_image(tmp_path / "x.heic", smooth())
+
+    def no_codec(*args, **kwargs):
+        raise RuntimeError("No decoding plugin installed for this compression format")
+
+    monkeypatch.setattr(pillow_heif, "open_heif", no_codec)
+    with pytest.raises(ImageError, match="no decoder for its HEIF codec") as exc:
+        load_image(path)
+    _assert_clear(exc, "x.heic")
+
+
+def test_avif_orientation_is_applied_once(tmp_path):
+    stored = smooth()
+    path = tmp_path / "o.avif"
+    Image.fromarray(stored).save(path, quality=95, exif=camera_exif(6))  # Pillow stores it as irot/imir
+    photo = load_image(path)
+    assert photo.pixels.shape == (128, 96, 3)
+    assert np.abs(photo.pixels.astype(int) - np.rot90(stored, -1)).mean() < 4
+    assert meta(photo).get("Exif.Image.Orientation", "1") == "1"
+
+
+# ----------------------------------------------------------------------------- writing back ("Edit in")
+
+
+def test_save_in_place_keeps_format_depth_profile_metadata_and_mode(tmp_path):
+    icc = srgb_icc()
+    path = save_image(tmp_path / "IMG_7.tif", noise(dtype=U16), exif=camera_exif().tobytes(), icc_profile=icc)
+    set_file_metadata(path, xmp={"Xmp.xmp.Rating": "3"}, iptc=[("Iptc.Application2.Keywords", "bride")])
+    os.chmod(path, 0o640)
+    photo = load_image(path)
+    edited = photo.pixels.copy()
+    edited[10:20, 10:20] = 1234
+    assert imageio.save_in_place(photo, edited) == path
+    back = load_image(path)
+    assert back.format == "TIFF" and back.bit_depth == 16 and back.icc_profile == icc
+    assert np.array_equal(back.pixels, edited)
+    m = meta(back)
+    assert m["Xmp.xmp.Rating"] == "3" and m["Iptc.Application2.Keywords"] == "bride" and m["Exif.Image.Make"] == "Nikon"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640 and leftovers(tmp_path) == []
+    imageio.save_in_place(photo, edited)  # again: the stamp was updated after the first save
+
+
+def test_save_in_place_refuses_raw_and_files_changed_meanwhile(tmp_path):
+    raw = load_image(make_dng(tmp_path / "r.dng"))
+    with pytest.raises(ImageError, match="camera RAW file, which cannot be written") as exc:
+        imageio.save_in_place(raw, raw.pixels)
+    _assert_clear(exc, "r.dng")
+    path = save_image(tmp_path / "a.jpg", blocks())
+    photo = load_image(path)
+    save_image(tmp_path / "b.jpg", blocks(seed=5))
+    os.replace(tmp_path / "b.jpg", path)  # the catalogue re-rendered the file while we were editing
+    before = path.read_bytes()
+    with pytest.raises(ImageError, match="changed by another program") as exc:
+        imageio.save_in_place(photo, photo.pixels)
+    _assert_clear(exc, "a.jpg")
+    assert path.read_bytes() == before
