@@ -2,8 +2,9 @@
 
 * Never writes into the input folder: ``out_dir == in_dir`` is refused; an output folder inside
   the input folder is allowed and is left out of the scan.
-* Each output is written atomically (engine.imageio.save_image) with the source's EXIF, ICC
-  profile, alpha and bit depth (where the output format holds it).
+* Each output is written atomically (engine.imageio.save_photo) with the source's EXIF, IPTC,
+  XMP, ICC profile, alpha and bit depth (where the output format holds them); ``keep`` writes
+  camera RAW inputs as 16-bit TIFF. The network works in sRGB (engine.colour).
 * Outputs that already exist are skipped unless ``overwrite``; a bad file is recorded in
   ``BatchReport.failed`` and the batch goes on.
 """
@@ -15,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from engine.errors import Cancelled, RetouchError
-from engine.imageio import is_supported, load_image, save_image
+from engine.colour import retouch_photo
+from engine.imageio import default_output_suffix, is_supported, load_image, save_photo
 
 if TYPE_CHECKING:
     from engine.retoucher import Retoucher
@@ -74,7 +76,7 @@ def plan_batch(in_dir: str | Path, out_dir: str | Path, *, fmt: str = "keep", re
     taken: set[Path] = set()
     for path in _scan(src, dst_r, recursive):
         rel = path.relative_to(src)
-        suffix = path.suffix if fmt_key == "keep" else FORMAT_SUFFIX[fmt_key]
+        suffix = default_output_suffix(path) if fmt_key == "keep" else FORMAT_SUFFIX[fmt_key]
         out = dst / rel.with_suffix(suffix)
         if out.resolve() in taken:  # a.png and a.jpg -> a.jpg: keep both, deterministically
             out = dst / rel.with_name(f"{path.stem}_{path.suffix.lstrip('.').lower()}{suffix}")
@@ -126,12 +128,9 @@ def run_batch(
             continue
         try:
             photo = load_image(path)
-            result = retoucher.retouch(photo.pixels, strength=strength, cancel=cancel)
+            result = retouch_photo(retoucher, photo.pixels, photo.icc_profile, strength=strength, cancel=cancel)
             out.parent.mkdir(parents=True, exist_ok=True)
-            save_image(
-                out, result, exif=photo.exif, icc_profile=photo.icc_profile, alpha=photo.alpha,
-                quality=quality, protect=[path],
-            )
+            save_photo(out, photo, result, quality=quality, protect=[path])
         except Cancelled as exc:
             exc.report = report  # type: ignore[attr-defined]
             raise

@@ -4,6 +4,7 @@
 
     retouch IMAGE -o OUT [--strength S] [--mask MASK.png] [--mask-out MASK.png] [--device D]
                          [--weights W] [--quality Q] [--overwrite]
+    retouch IMAGE --in-place [...]   (write the result back into IMAGE: "Edit in" scripts)
     retouch batch IN_DIR OUT_DIR [--recursive] [--strength S] [--format keep|jpg|png|tiff]
                          [--quality Q] [--overwrite] [--device D] [--weights W]
     retouch train ...    (engine.training.train)
@@ -67,8 +68,11 @@ def _single_parser() -> argparse.ArgumentParser:
         epilog="Other commands: 'retouch batch IN_DIR OUT_DIR', 'retouch train ...', 'retouch eval ...'.",
     )
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    p.add_argument("image", metavar="IMAGE", help="photo to retouch (JPEG, PNG, TIFF or WebP)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file; the format follows its suffix")
+    p.add_argument("image", metavar="IMAGE", help="photo to retouch (JPEG, PNG, TIFF, WebP, HEIF, AVIF or camera RAW)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("-o", "--output", metavar="OUT", help="output file; the format follows its suffix")
+    where.add_argument("--in-place", action="store_true",
+                       help="write the result back into IMAGE (same format, bit depth, profile and metadata)")
     p.add_argument("--mask", metavar="MASK.png", help="use this mask (grayscale PNG the size of the photo) instead of the predicted one")
     p.add_argument("--mask-out", metavar="MASK.png", help="also save the mask used as a grayscale PNG")
     _common(p)
@@ -122,15 +126,19 @@ def _load_retoucher(args: argparse.Namespace):
 
 def _run_single(argv: Sequence[str]) -> int:
     args = _single_parser().parse_args(list(argv))
-    from engine.imageio import is_supported, load_image, load_mask, save_image, save_mask
+    from engine.colour import WorkingSpace
+    from engine.imageio import WRITABLE_SUFFIXES, is_raw, load_image, load_mask, save_in_place, save_mask, save_photo
 
-    src, out = Path(args.image), Path(args.output)
-    if not is_supported(out):  # fail before the slow part
-        raise RetouchError(f"Cannot tell the output format from '{out.name}'; use .jpg, .png, .tif or .webp.")
+    src = Path(args.image)
+    out = src if args.in_place else Path(args.output)
+    if args.in_place and is_raw(src):
+        raise RetouchError(f"{src.name} is a camera RAW file, which cannot be written; use -o NAME.tif instead of --in-place.")
+    if out.suffix.lower() not in WRITABLE_SUFFIXES:  # fail before the slow part
+        raise RetouchError(f"Cannot tell the output format from '{out.name}'; use .jpg, .png, .tif, .webp, .heic or .avif.")
     if args.mask_out and Path(args.mask_out).suffix.lower() != ".png":
         raise RetouchError(f"Masks are saved as PNG; {Path(args.mask_out).name} does not end in .png.")
     inputs = [src] + ([Path(args.mask)] if args.mask else [])
-    for target in [out] + ([Path(args.mask_out)] if args.mask_out else []):
+    for target in ([] if args.in_place else [out]) + ([Path(args.mask_out)] if args.mask_out else []):
         if any(_same(target, p) for p in inputs):
             raise RetouchError(f"Refusing to write {target}: it is one of the input files.")
         if target.exists() and not args.overwrite:
@@ -140,12 +148,15 @@ def _run_single(argv: Sequence[str]) -> int:
     photo = load_image(src)
     mask = load_mask(args.mask, photo.pixels.shape[:2]) if args.mask else None
     retoucher = _load_retoucher(args)
-    analysis = retoucher.analyze(photo.pixels)
+    working = WorkingSpace.of(photo.pixels, photo.icc_profile)  # the network works in sRGB
+    analysis = retoucher.analyze(working.image)
     print(f"{src.name}: {analysis.message} ({retoucher.device_label}).", file=sys.stderr)
-    correction = retoucher.render(analysis, mask)
+    correction = working.to_photo(retoucher.render(analysis, mask))
     result = retoucher.composite(photo.pixels, correction, args.strength)
-    save_image(out, result, exif=photo.exif, icc_profile=photo.icc_profile, alpha=photo.alpha,
-               quality=args.quality, protect=inputs)
+    if args.in_place:
+        save_in_place(photo, result, quality=args.quality)
+    else:
+        save_photo(out, photo, result, quality=args.quality, protect=inputs)
     if args.mask_out:
         save_mask(args.mask_out, analysis.mask if mask is None else mask,
                   bit_depth=16 if photo.bit_depth == 16 else 8, protect=inputs + [out])
@@ -159,7 +170,7 @@ def _run_batch(argv: Sequence[str]) -> int:
 
     pairs = plan_batch(args.in_dir, args.out_dir, fmt=args.fmt, recursive=args.recursive)
     if not pairs:
-        print(f"No JPEG, PNG, TIFF or WebP photos found in {args.in_dir}.", file=sys.stderr)
+        print(f"No photos (JPEG, PNG, TIFF, WebP, HEIF, AVIF or camera RAW) found in {args.in_dir}.", file=sys.stderr)
         return 0
     retoucher = _load_retoucher(args)
     print(f"Retouching {len(pairs)} photo(s) on {retoucher.device_label}.", file=sys.stderr)

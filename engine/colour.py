@@ -36,6 +36,7 @@ __all__ = [
     "ADOBE_RGB_NAME",
     "WorkingSpace",
     "adobe_rgb_profile",
+    "convert",
     "describe_profile",
     "is_srgb",
     "nclx_profile",
@@ -130,6 +131,25 @@ def _kw() -> dict:
     return {"colorspace": "rgb", "outcolorspace": "rgb"}
 
 
+def convert(pixels: np.ndarray, src: bytes, dst: bytes) -> np.ndarray:
+    """``pixels`` (HxWx3 uint8/uint16) from profile ``src`` to ``dst``, same dtype, relative
+    colorimetric, clipped to the destination's gamut. Computed in float (LittleCMS's 8/16-bit
+    paths use precomputed tables that are off by up to ~10/255 with gamma-1.8 profiles), in
+    strips so that the float buffer stays small."""
+    top = np.float32(dtype_max(pixels.dtype))
+    out = np.empty_like(pixels)
+    h, w = pixels.shape[:2]
+    step = max(1, (8 << 20) // max(1, w * 3))
+    for y in range(0, h, step):
+        f = _cms().cms_transform(np.ascontiguousarray(pixels[y : y + step]), src, dst, outdtype=np.float32, **_kw())
+        f = np.asarray(f, np.float32).reshape(pixels[y : y + step].shape)
+        f *= top
+        np.clip(f, 0.0, top, out=f)
+        np.rint(f, out=f)
+        out[y : y + step] = f
+    return out
+
+
 @functools.lru_cache(maxsize=64)
 def _srgb_like(digest: str, icc: bytes) -> bool:
     del digest  # part of the cache key only
@@ -177,8 +197,7 @@ class WorkingSpace:
             identity = True
         if identity:
             return cls(pixels, icc, pixels, True, notes)
-        image = np.asarray(_cms().cms_transform(np.ascontiguousarray(pixels), icc, srgb_profile(), outdtype=pixels.dtype, **_kw()))
-        return cls(pixels, icc, image.reshape(pixels.shape), False, notes)
+        return cls(pixels, icc, convert(pixels, icc, srgb_profile()), False, notes)
 
     def _to_srgb_float(self, block: np.ndarray) -> np.ndarray:
         out = _cms().cms_transform(np.ascontiguousarray(block), self.icc, srgb_profile(), outdtype=np.float32, **_kw())
@@ -209,3 +228,13 @@ class WorkingSpace:
             back[~np.any(patch.delta != 0, axis=-1)] = 0.0
             patches.append(Patch(patch.box, back.astype(store)))
         return Correction(correction.shape, correction.dtype, patches, list(correction.regions))
+
+
+def retouch_photo(retoucher, pixels: np.ndarray, icc: bytes | None, mask: np.ndarray | None = None,
+                  strength: float = 1.0, *, cancel=None, progress=None) -> np.ndarray:
+    """``Retoucher.retouch`` for a photo tagged with ``icc``: the network analyses and renders
+    in sRGB, the correction is carried back and composited on the photo's own pixels."""
+    ws = WorkingSpace.of(pixels, icc)
+    analysis = retoucher.analyze(ws.image, cancel=cancel, progress=progress)
+    correction = ws.to_photo(retoucher.render(analysis, mask, cancel=cancel))
+    return retoucher.composite(pixels, correction, strength)
