@@ -1,53 +1,46 @@
-"""Full-resolution plumbing around the native-resolution model (no torch here).
+"""Steps 4 and 5 of the run-time path: a region in and out of the model's working scale, and the
+full-resolution result assembled from the regions (no torch here).
 
-The model runs on square crops at its native size ``n`` (256 px for ``small``). This module
-
-* plans the regions: one framed crop per face (:func:`face_regions`) or, without faces,
-  overlapping tiles at a plausible face scale (:func:`tile_regions`);
-* cuts a crop out of the photo with reflection padding at the borders (:func:`extract_crop`) and
-  brings it to the model's size (:func:`to_native`);
-* measures the crop's native-resolution detail (:func:`detail_gain`): the high-pass the model
-  never sees, and how much of it inside a blemish exceeds the grain of the surrounding skin;
-* turns a native-resolution correction back into a full-resolution one without blurring skin
-  (:func:`full_res_delta`), by frequency separation: the model's low-frequency correction is
-  upsampled (the *delta*, never the image), and inside the mask the photo's own high-frequency
-  band is attenuated toward the local skin grain, so the blemish's sharp outline goes while pores
-  and grain stay;
-* assembles full-resolution masks from per-region native masks (:func:`assemble_mask`) and
-  brings a full-resolution user mask down to a crop's native grid with max-pooling so thin
-  brush strokes survive (:func:`mask_to_native`).
+* :func:`extract_crop` cuts a region's square crop out of the photo (reflection padding at the
+  borders) and :func:`to_work` brings it to the working size ``n``; :func:`mask_to_work` does
+  the same for a full-resolution mask, max-pooling so thin brush strokes survive;
+* :func:`detail_gain` measures the crop's detail above the working resolution (what the model
+  never sees) and how much of it inside a blemish exceeds the grain of the surrounding skin;
+* :func:`full_res_delta` turns a working-resolution correction back into a full-resolution one
+  without blurring skin, by frequency separation: the model's correction is upsampled (the
+  *delta*, never the image), and inside the mask the photo's own detail is attenuated toward the
+  local skin grain, so the blemish's sharp outline goes while pores and grain stay;
+* :func:`assemble_mask` and :func:`assemble_correction` combine the regions' results into one
+  full-resolution mask and one :class:`~engine.compositor.Correction` (feathered where regions
+  overlap; tier-1 regions, the skin tiles, only fill what the face crops leave).
 
 Every full-resolution float buffer is confined to one region's box.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import cv2
 import numpy as np
 
-from engine.compositor import Box, blend_weights, clip_box
+from engine.compositor import Correction, CorrectionBuilder, blend_weights, coverage, dtype_max
 from engine.errors import ImageError
-from engine.faces import face_crop
 from engine.imageio import to_float
+from engine.regions import Region
 
 __all__ = [
-    "Region",
     "MIN_SIDE",
     "MASK_FLOOR",
-    "FACE_RAMP",
-    "TILE_OVERLAP",
     "check_image",
-    "face_regions",
-    "tile_regions",
     "extract_crop",
-    "to_native",
+    "to_work",
     "resize",
     "detail_gain",
     "full_res_delta",
+    "region_weights",
     "assemble_mask",
-    "mask_to_native",
+    "assemble_correction",
+    "mask_to_work",
     "crop_window",
 ]
 
@@ -55,27 +48,6 @@ __all__ = [
 MIN_SIDE = 64
 #: Predicted mask values below this (half an 8-bit step) are set to exactly 0.
 MASK_FLOOR = 0.5 / 255.0
-#: Feather ramp of a face crop, as a fraction of its side (the face fills the central ~62 %).
-FACE_RAMP = 0.15
-#: Tile overlap (and feather ramp) as a fraction of the tile side.
-TILE_OVERLAP = 0.25
-
-
-@dataclass(frozen=True)
-class Region:
-    """A square crop the model runs on. ``crop`` may extend past the image; ``box`` is its part inside."""
-
-    crop: Box
-    box: Box
-    ramp: float
-    kind: str  # "face" | "tile"
-    face: Box | None = None
-
-    @property
-    def side(self) -> int:
-        return self.crop[2] - self.crop[0]
-
-
 def check_image(image: object, name: str = "image") -> np.ndarray:
     """Validate an ``HxWx3`` RGB ``uint8``/``uint16`` photo of at least :data:`MIN_SIDE` px a side."""
     if not isinstance(image, np.ndarray):
@@ -88,40 +60,6 @@ def check_image(image: object, name: str = "image") -> np.ndarray:
     if min(h, w) < MIN_SIDE:
         raise ImageError(f"The {name} is only {w}x{h} pixels; photos must be at least {MIN_SIDE} pixels on each side.")
     return image
-
-
-def face_regions(shape: tuple[int, int], faces: Sequence[Box]) -> list[Region]:
-    """One framed square crop per face box."""
-    out = []
-    for face in faces:
-        crop = face_crop(face)
-        box = clip_box(crop, shape)
-        if box is not None:
-            out.append(Region(crop, box, FACE_RAMP * (crop[2] - crop[0]), "face", tuple(face)))  # type: ignore[arg-type]
-    return out
-
-
-def _positions(length: int, tile: int, overlap: float) -> list[int]:
-    if tile >= length:
-        return [0]
-    stride = tile * (1.0 - overlap)
-    n = int(np.ceil((length - tile) / stride)) + 1
-    return [int(round(i * (length - tile) / (n - 1))) for i in range(n)]
-
-
-def tile_regions(shape: tuple[int, int]) -> list[Region]:
-    """Overlapping square tiles of about half the short side (a plausible head-and-shoulders
-    scale), overlapping by at least :data:`TILE_OVERLAP`, covering the whole image."""
-    h, w = int(shape[0]), int(shape[1])
-    side = max(MIN_SIDE, min(h, w) // 2)
-    side = min(side, h, w)
-    ramp = TILE_OVERLAP * side
-    out = []
-    for y in _positions(h, side, TILE_OVERLAP):
-        for x in _positions(w, side, TILE_OVERLAP):
-            crop = (x, y, x + side, y + side)
-            out.append(Region(crop, crop, ramp, "tile"))
-    return out
 
 
 def crop_window(region: Region) -> tuple[slice, slice]:
@@ -153,7 +91,7 @@ def resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(arr, tuple(size), interpolation=interp)
 
 
-def to_native(crop: np.ndarray, n: int) -> np.ndarray:
+def to_work(crop: np.ndarray, n: int) -> np.ndarray:
     """``n x n x 3`` float32 in [0, 1] model input from a full-resolution crop."""
     return to_float(resize(crop, (n, n)))
 
@@ -163,10 +101,10 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
 
 
 def detail_gain(crop: np.ndarray, x_n: np.ndarray, mask_n: np.ndarray) -> np.ndarray:
-    """Native-resolution gain in [0, 1] for the crop's high-frequency band inside the mask.
+    """Working-resolution gain in [0, 1] for the crop's high-frequency band inside the mask.
 
-    ``hp`` = crop − upsampled native crop (the detail the model never sees). Its local energy per
-    native pixel is compared with the energy of the surrounding skin (a wide average that leaves
+    ``hp`` = crop − upsampled working crop (the detail the model never sees). Its local energy per
+    working pixel is compared with the energy of the surrounding skin (a wide average that leaves
     out the predicted imperfections); where the local detail is stronger (a blemish's rim, a
     scar's edge) the gain scales it down to the skin's grain, elsewhere it is 1 (grain is kept).
     """
@@ -196,7 +134,7 @@ def full_res_delta(
 ) -> np.ndarray:
     """Full-resolution correction (float32, [0, 1] units, unmasked) over ``region.box``.
 
-    low band: the native correction ``delta_n`` upsampled; high band: ``(gain - 1) * hp`` where
+    low band: the working-scale correction ``delta_n`` upsampled; high band: ``(gain - 1) * hp`` where
     ``hp`` is the photo's detail above the model's resolution (pores kept where gain is 1).
     """
     s = region.side
@@ -214,17 +152,30 @@ def full_res_delta(
     return out
 
 
+def region_weights(regions: Sequence[Region], shape: tuple[int, int], index: int) -> np.ndarray:
+    """Feathered blending weight (h, w) of ``regions[index]`` over its box.
+
+    Regions of the same tier share overlaps by a normalised weighted average; a tier-1 region
+    (a skin tile) only takes the share that the tier-0 regions (the face crops) leave.
+    """
+    me = regions[index]
+    same = [r for r in regions if r.tier == me.tier]
+    _, wgt = blend_weights([r.crop for r in same], [r.ramp for r in same], shape, same.index(me))
+    above = [r for r in regions if r.tier < me.tier]
+    if above:
+        wgt *= 1.0 - np.minimum(coverage([r.crop for r in above], [r.ramp for r in above], shape, me.box), 1.0)
+    return wgt
+
+
 def assemble_mask(shape: tuple[int, int], regions: Sequence[Region], masks_n: Sequence[np.ndarray]) -> np.ndarray:
-    """Full-resolution float32 mask (H x W) from each region's native mask, feather-blended."""
+    """Full-resolution float32 mask (H x W) from each region's working-scale mask, feather-blended."""
     h, w = int(shape[0]), int(shape[1])
     out = np.zeros((h, w), np.float32)
-    crops = [r.crop for r in regions]
-    ramps = [r.ramp for r in regions]
     for i, (region, m_n) in enumerate(zip(regions, masks_n)):
-        box, wgt = blend_weights(crops, ramps, (h, w), i)
+        wgt = region_weights(regions, (h, w), i)
         ys, xs = crop_window(region)
         up = resize(np.ascontiguousarray(m_n, dtype=np.float32), (region.side, region.side))[ys, xs]
-        x0, y0, x1, y1 = box
+        x0, y0, x1, y1 = region.box
         out[y0:y1, x0:x1] += up * wgt
     for region in regions:  # everything outside the boxes is already exactly 0
         x0, y0, x1, y1 = region.box
@@ -234,14 +185,52 @@ def assemble_mask(shape: tuple[int, int], regions: Sequence[Region], masks_n: Se
     return out
 
 
-def mask_to_native(mask_box: np.ndarray, region: Region, n: int, fill: np.ndarray | None = None) -> np.ndarray:
-    """A full-resolution mask cut to ``region.box`` (``mask[y0:y1, x0:x1]``), max-pooled to the
-    crop's ``n x n`` native grid.
+def assemble_correction(
+    image: np.ndarray,
+    mask: np.ndarray,
+    regions: Sequence[Region],
+    results: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray] | None],
+    only: Sequence[np.ndarray | None] | None = None,
+) -> Correction:
+    """The full-resolution :class:`Correction` of ``image`` for ``mask`` (H x W in [0, 1]).
 
-    Outside the image (padding) the crop takes ``fill`` (native, e.g. the predicted mask) or 0.
-    Max-pooling keeps a one-pixel brush stroke at full strength on the native grid.
+    ``results[i]`` is region i's ``(x_n, delta_n, gain_n)`` (working input, the model's
+    correction and the detail gain), or None when the region has nothing to add. The correction
+    is ``mask x weight x full_res_delta`` summed over the regions; ``only[i]`` (a bool map over
+    region i's box, or None) restricts region i to those pixels (a brushed extra region
+    corrects only the edited pixels).
     """
-    s = region.side
+    shape = (int(image.shape[0]), int(image.shape[1]))
+    top = np.float32(dtype_max(image.dtype))
+    builder = CorrectionBuilder(shape, image.dtype, [r.box for r in regions])
+    for i, (region, res) in enumerate(zip(regions, results)):
+        if res is None:
+            continue
+        x0, y0, x1, y1 = region.box
+        weight = mask[y0:y1, x0:x1]
+        if only is not None and only[i] is not None:
+            weight = weight * only[i]
+        if not weight.any():
+            continue
+        x_n, delta_n, gain_n = res
+        d = full_res_delta(image, region, x_n, delta_n, gain_n)
+        wgt = region_weights(regions, shape, i)
+        wgt *= weight
+        wgt *= top
+        d *= wgt[..., None]
+        builder.add(region.box, d)
+        del d, wgt
+    return builder.build([r.box for r in regions])
+
+
+def mask_to_work(mask_box: np.ndarray, region: Region, fill: np.ndarray | None = None) -> np.ndarray:
+    """A full-resolution mask cut to ``region.box`` (``mask[y0:y1, x0:x1]``), max-pooled to the
+    region's ``n x n`` working grid.
+
+    Outside the image (padding) the crop takes ``fill`` (working grid, e.g. the predicted mask)
+    or 0. Max-pooling keeps a one-pixel brush stroke at full strength on the working grid.
+    """
+    s, n = region.side, region.n
     ys, xs = crop_window(region)
     canvas = np.zeros((s, s), np.float32)
     canvas[ys, xs] = mask_box

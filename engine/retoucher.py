@@ -1,15 +1,18 @@
-"""The engine API used by the GUI, the command line and batch: load, analyse, render, composite.
+"""The engine API used by the GUI, the command line and batch, and the run-time path in order::
 
-::
-
-    r = Retoucher.load()                 # bundled small model, CUDA when present
-    a = r.analyze(image)                 # faces (or tiles), encoder + prior + mask net per region
-    c = r.render(a, mask)                # transformer + decoder only, for an edited mask
-    out = r.composite(image, c, 0.7)     # cheap, no model
+    photo = imageio.load_image(path)                 # 1. load the photo (engine.imageio)
+    r = Retoucher.load()                             #    bundled model, CUDA when present
+    a = r.analyze(photo.pixels)                      # 2. find faces (engine.faces)
+                                                     # 3. plan regions + working scale (engine.regions)
+                                                     # 4a. per region: encoder + prior + mask net
+    c = r.render(a, mask)                            # 4b. per region: transformer + decoder for a mask
+                                                     # 5. full-resolution correction (engine.pipeline)
+    out = r.composite(photo.pixels, c, 0.7)          # 6. composite at a strength (engine.compositor)
+    imageio.save_image(path_out, out, ...)           # 7. save, atomically (engine.imageio)
 
 ``analyze`` keeps each region's encoder state, so a brush stroke re-runs only the transformer and
 synthesis decoder of the regions whose mask changed. Inside a changed region the new synthesis is
-used only around the changed pixels (a few native pixels of feathering), so an edit changes the
+used only around the changed pixels (a few working pixels of feathering), so an edit changes the
 result where the mask changed and nowhere else.
 """
 from __future__ import annotations
@@ -23,22 +26,16 @@ import cv2
 import numpy as np
 import torch
 
-from engine import pipeline as pl
-from engine.compositor import (
-    Correction,
-    CorrectionBuilder,
-    blend_weights,
-    clip_box,
-    composite as _composite,
-    coverage,
-    dtype_max,
-)
-from engine.errors import Cancelled, ImageError, RetouchError
 from engine import faces as _faces
+from engine import pipeline as pl
+from engine import regions as rg
+from engine.compositor import Correction, composite as _composite
+from engine.errors import Cancelled, ImageError, RetouchError
 from engine.model.checkpoint import load_model
 from engine.model.config import ModelConfig
 from engine.model.retouchformer import Encoded, RetouchFormer
 from engine.paths import default_weights_path
+from engine.skin import skin_colour
 
 __all__ = ["Retoucher", "Analysis", "Correction", "resolve_device"]
 
@@ -47,14 +44,16 @@ ProgressFn = Callable[[float, str], None] | None
 
 #: Two masks "differ" at a pixel when they differ by more than one 8-bit step.
 CHANGE_TOLERANCE = 1.0 / 255.0
+#: Long side of the low-resolution copy on which skin-coloured pixels are found (tile planning).
+SKIN_MAP_SIDE = 512
 
 
 @dataclass(eq=False)
 class _RegionState:
-    region: pl.Region
+    region: rg.Region
     enc: Encoded
-    x_n: np.ndarray  # native input, n x n x 3 float32
-    mask_n: np.ndarray  # predicted native mask, n x n float32
+    x_n: np.ndarray  # working-scale input, n x n x 3 float32
+    mask_n: np.ndarray  # predicted working-scale mask, n x n float32
     gain_n: np.ndarray  # detail gain, n x n float32
     pred_delta_n: np.ndarray | None = None  # raw synthesis - input for the predicted mask (lazy)
 
@@ -68,18 +67,33 @@ class Analysis:
     """
 
     mask: np.ndarray
-    regions: list[tuple[int, int, int, int]]
-    used_tiles: bool
-    message: str
-    faces: list[tuple[int, int, int, int]] = field(default_factory=list)
+    plan: rg.Plan
     image: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     states: list[_RegionState] = field(default_factory=list, repr=False)
-    # Regions added by render() for brush strokes outside every face crop (kept for later renders).
+    # Regions added by render() for brush strokes outside every planned region (kept for later renders).
     extras: list[_RegionState] = field(default_factory=list, repr=False)
 
     @property
     def shape(self) -> tuple[int, int]:
         return (int(self.mask.shape[0]), int(self.mask.shape[1]))
+
+    @property
+    def message(self) -> str:
+        """One sentence for the status bar: faces found, the scale, the tiles."""
+        return self.plan.message
+
+    @property
+    def faces(self) -> list[_faces.Face]:
+        return self.plan.faces
+
+    @property
+    def regions(self) -> list[tuple[int, int, int, int]]:
+        return [r.box for r in self.plan.regions]
+
+    @property
+    def blemish_size(self) -> float:
+        """Pixels across a typical blemish at the scale the photo was worked at."""
+        return self.plan.blemish_size
 
 
 def resolve_device(device: str) -> torch.device:
@@ -180,41 +194,59 @@ class Retoucher:
         return (y - state.x_n).astype(np.float32)
 
     # -- analyse ------------------------------------------------------------------------------
-    def _analyze_region(self, image: np.ndarray, region: pl.Region) -> _RegionState:
-        """Crop, bring to native size, run encoder + prior + mask net, measure the detail."""
+    def _analyze_region(self, image: np.ndarray, region: rg.Region) -> _RegionState:
+        """Crop, bring to the working scale, run encoder + prior + mask net, measure the detail."""
         crop = pl.extract_crop(image, region)
-        x_n = pl.to_native(crop, self.n)
+        x_n = pl.to_work(crop, region.n)
         with torch.inference_mode():
             enc = self.model.encode(self._tensor(x_n))
         mask_n = enc.mask[0, 0].float().cpu().numpy()
+        if region.kind != "face":  # away from faces, keep the mask on skin-coloured pixels
+            near = cv2.dilate(skin_colour(x_n).astype(np.uint8), np.ones((5, 5), np.uint8))
+            mask_n = mask_n * cv2.GaussianBlur(near.astype(np.float32), (5, 5), 1.0)
         gain_n = pl.detail_gain(crop, x_n, mask_n)
         return _RegionState(region, enc, x_n, mask_n, gain_n)
 
-    def analyze(self, image: np.ndarray, *, cancel: CancelFn = None, progress: ProgressFn = None) -> Analysis:
-        """Find the faces (or tile the image), run encoder + prior + mask net per region and
-        assemble the full-resolution predicted mask."""
+    @staticmethod
+    def _skin_map(image: np.ndarray) -> np.ndarray:
+        h, w = image.shape[:2]
+        f = min(1.0, SKIN_MAP_SIDE / max(h, w))
+        small = cv2.resize(image, (max(8, round(w * f)), max(8, round(h * f))), interpolation=cv2.INTER_AREA)
+        if small.dtype == np.uint16:
+            small = (small >> 8).astype(np.uint8)
+        return skin_colour(small)
+
+    def analyze(
+        self,
+        image: np.ndarray,
+        *,
+        blemish_size: float | None = None,
+        cancel: CancelFn = None,
+        progress: ProgressFn = None,
+    ) -> Analysis:
+        """Find the faces, plan the regions at the working scale (``blemish_size``: pixels across a
+        typical 3 mm blemish, to override the scale taken from the faces), run encoder + prior +
+        mask net per region and assemble the full-resolution predicted mask."""
         image = pl.check_image(image)
         shape = image.shape[:2]
         _check_cancel(cancel)
         _report(progress, 0.0, "Looking for faces")
-        faces = _faces.detect_faces(image)  # looked up at call time (tests may replace it)
-        regions = pl.face_regions(shape, faces)
-        used_tiles = not regions
-        if used_tiles:
-            regions = pl.tile_regions(shape)
-            message = f"No face found: processed the whole image in {len(regions)} overlapping tiles"
-        else:
-            message = f"{len(regions)} face{'s' if len(regions) != 1 else ''} found"
+        found = _faces.detect(image)  # looked up at call time (tests may replace it)
+        _check_cancel(cancel)
+        try:
+            plan = rg.plan_regions(shape, found, self.config.work_px_per_mm, blemish_size, self._skin_map(image))
+        except ValueError as exc:
+            raise RetouchError(str(exc)) from None
         states: list[_RegionState] = []
-        what = "tile" if used_tiles else "face"
-        for i, region in enumerate(regions):
+        n = len(plan.regions)
+        for i, region in enumerate(plan.regions):
             _check_cancel(cancel)
-            _report(progress, 0.05 + 0.9 * i / len(regions), f"Analysing {what} {i + 1} of {len(regions)}")
+            _report(progress, 0.05 + 0.9 * i / max(1, n), f"Analysing {'face' if region.kind == 'face' else 'skin tile'} {i + 1} of {n}")
             states.append(self._analyze_region(image, region))
         _check_cancel(cancel)
-        mask = pl.assemble_mask(shape, regions, [s.mask_n for s in states])
-        _report(progress, 1.0, message)
-        return Analysis(mask, [r.box for r in regions], used_tiles, message, list(faces), image, states)
+        mask = pl.assemble_mask(shape, plan.regions, [s.mask_n for s in states])
+        _report(progress, 1.0, plan.message)
+        return Analysis(mask, plan, image, states)
 
     # -- render -------------------------------------------------------------------------------
     def _check_mask(self, a: Analysis, mask: np.ndarray | None) -> np.ndarray:
@@ -234,7 +266,7 @@ class Retoucher:
         return np.clip(mask, 0.0, 1.0)
 
     def _region_delta_n(self, a: Analysis, state: _RegionState, mask: np.ndarray, edited: bool) -> np.ndarray:
-        """Native correction of one region for ``mask`` (full resolution)."""
+        """Working-scale correction of one planned region for ``mask`` (full resolution)."""
         if state.pred_delta_n is None:
             state.pred_delta_n = self._synth_delta(state, None)
         if not edited:
@@ -243,12 +275,12 @@ class Retoucher:
         changed = np.abs(mask[y0:y1, x0:x1] - a.mask[y0:y1, x0:x1]) > CHANGE_TOLERANCE
         if not changed.any():
             return state.pred_delta_n
-        changed_n = pl.mask_to_native(changed.astype(np.float32), state.region, self.n) > 0
+        changed_n = pl.mask_to_work(changed.astype(np.float32), state.region) > 0
         del changed
-        user_n = pl.mask_to_native(mask[y0:y1, x0:x1], state.region, self.n, fill=state.mask_n)
+        user_n = pl.mask_to_work(mask[y0:y1, x0:x1], state.region, fill=state.mask_n)
         m_in = np.where(changed_n, user_n, state.mask_n).astype(np.float32)
         new = self._synth_delta(state, m_in)
-        # Use the new synthesis around the changed pixels only (1 native pixel grown, then softened).
+        # Use the new synthesis around the changed pixels only (1 working pixel grown, then softened).
         c = cv2.dilate(changed_n.astype(np.float32), np.ones((3, 3), np.uint8))
         c = np.maximum(cv2.GaussianBlur(c, (5, 5), 1.0), changed_n)
         return state.pred_delta_n + c[..., None] * (new - state.pred_delta_n)
@@ -268,46 +300,22 @@ class Retoucher:
         return small > 0
 
     def _add_extras(self, a: Analysis, mask: np.ndarray) -> None:
-        """Create regions for edited mask pixels that no region fully covers (strokes painted
-        outside every face crop), grouped into face-sized crops, and analyse them once."""
-        if a.used_tiles:
-            return
+        """Analyse regions, once, for edited mask pixels that no region fully covers (strokes
+        painted where no face crop or skin tile was planned)."""
         h, w = a.shape
         f = max(1, int(np.ceil(max(h, w) / 1024)))
         small = self._changed_small(mask, a.mask, f)
         if not small.any():
             return
-        known = a.states + a.extras
-        padded = (0, 0, w + (-w % f), h + (-h % f))  # the grid of ``small``
-        cover = coverage([s.region.crop for s in known], [s.region.ramp for s in known], a.shape, padded, f)
-        # a cell is sampled at its centre: grow the not-fully-covered area by one cell
-        uncovered = cv2.dilate((cover < 0.999).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-        need = (small & uncovered).astype(np.uint8)
-        if not need.any():
-            return
-        sides = sorted(s.region.side for s in a.states)
-        base = sides[len(sides) // 2] if sides else min(h, w) // 2
-        _, _, stats, _ = cv2.connectedComponentsWithStats(need, connectivity=8)
-        new: list[pl.Region] = []
-        for k in np.argsort(-stats[1:, cv2.CC_STAT_AREA]) + 1:
-            x, y, bw, bh = (int(v) * f for v in stats[k, :4])
-            cx, cy = x + bw / 2, y + bh / 2
-            if any(r.crop[0] + r.ramp <= cx <= r.crop[2] - r.ramp and r.crop[1] + r.ramp <= cy <= r.crop[3] - r.ramp
-                   and x >= r.crop[0] and y >= r.crop[1] and x + bw <= r.crop[2] and y + bh <= r.crop[3] for r in new):
-                continue
-            side = int(max(base, max(bw, bh) / (1.0 - 2 * pl.FACE_RAMP) + 2))
-            crop = (int(cx - side / 2), int(cy - side / 2), int(cx - side / 2) + side, int(cy - side / 2) + side)
-            box = clip_box(crop, a.shape)
-            if box is not None:
-                new.append(pl.Region(crop, box, pl.FACE_RAMP * side, "extra"))
-        for region in new:
+        known = [s.region for s in a.states + a.extras]
+        for region in rg.extra_regions(small, f, known, a.shape, a.plan.tile_scale):
             a.extras.append(self._analyze_region(a.image, region))
 
     def render(self, a: Analysis, mask: np.ndarray | None = None, *, cancel: CancelFn = None) -> Correction:
         """Correction for ``mask`` (full-resolution HxW float32 in [0, 1]; None = the prediction).
 
         Re-runs only the transformer + synthesis decoder, and only for regions whose mask changed.
-        Strokes painted outside every analysed region get regions of their own (analysed once,
+        Strokes painted outside every planned region get regions of their own (analysed once,
         then kept in the Analysis); they correct only the edited pixels the other regions do not
         fully cover.
         """
@@ -315,49 +323,29 @@ class Retoucher:
             raise RetouchError("render() needs the Analysis returned by analyze().")
         m = self._check_mask(a, mask)
         edited = mask is not None
-        image = a.image
-        shape = a.shape
-        top = np.float32(dtype_max(image.dtype))
-        if edited and not a.used_tiles:
+        if edited:
             _check_cancel(cancel)
             self._add_extras(a, m)
-        crops = [s.region.crop for s in a.states]
-        ramps = [s.region.ramp for s in a.states]
-        extras = a.extras if edited else []
-        builder = CorrectionBuilder(shape, image.dtype, [s.region.box for s in a.states + extras])
-        for i, state in enumerate(a.states):
+        states = a.states + (a.extras if edited else [])
+        results: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = []
+        only: list[np.ndarray | None] = []
+        for state in states:
             _check_cancel(cancel)
             x0, y0, x1, y1 = state.region.box
-            weight = m[y0:y1, x0:x1]
-            if not weight.any():
+            if not m[y0:y1, x0:x1].any():
+                results.append(None)
+                only.append(None)
                 continue
-            delta_n = self._region_delta_n(a, state, m, edited)
-            d = pl.full_res_delta(image, state.region, state.x_n, delta_n, state.gain_n)
-            _, wgt = blend_weights(crops, ramps, shape, i)
-            wgt *= weight
-            wgt *= top
-            d *= wgt[..., None]
-            builder.add(state.region.box, d)
-            del d, wgt
-        for i, state in enumerate(extras):
-            # Second tier: only edited pixels, only the share (1 - coverage) the analysed regions leave.
-            _check_cancel(cancel)
-            x0, y0, x1, y1 = box = state.region.box
-            weight = m[y0:y1, x0:x1] * (np.abs(m[y0:y1, x0:x1] - a.mask[y0:y1, x0:x1]) > CHANGE_TOLERANCE)
-            weight *= 1.0 - np.minimum(coverage(crops, ramps, shape, box), 1.0)
-            if not weight.any():
-                continue
-            user_n = pl.mask_to_native(m[y0:y1, x0:x1], state.region, self.n, fill=None)
-            delta_n = self._synth_delta(state, user_n)
-            d = pl.full_res_delta(image, state.region, state.x_n, delta_n, state.gain_n)
-            _, wgt = blend_weights([e.region.crop for e in extras], [e.region.ramp for e in extras], shape, i)
-            wgt *= weight
-            wgt *= top
-            d *= wgt[..., None]
-            builder.add(box, d)
-            del d, wgt
+            if state.region.kind == "extra":  # only the edited pixels
+                sel = np.abs(m[y0:y1, x0:x1] - a.mask[y0:y1, x0:x1]) > CHANGE_TOLERANCE
+                delta_n = self._synth_delta(state, pl.mask_to_work(m[y0:y1, x0:x1], state.region))
+                only.append(sel.astype(np.float32))
+            else:
+                delta_n = self._region_delta_n(a, state, m, edited)
+                only.append(None)
+            results.append((state.x_n, delta_n, state.gain_n))
         _check_cancel(cancel)
-        return builder.build([s.region.box for s in a.states + extras])
+        return pl.assemble_correction(a.image, m, [s.region for s in states], results, only)
 
     # -- conveniences ---------------------------------------------------------------------------
     @staticmethod
@@ -365,9 +353,9 @@ class Retoucher:
         """``image`` with ``strength`` x the correction (same shape and dtype; no model)."""
         return _composite(image, c, strength)
 
-    def predict_mask(self, image: np.ndarray, *, cancel: CancelFn = None, progress: ProgressFn = None) -> np.ndarray:
+    def predict_mask(self, image: np.ndarray, *, blemish_size: float | None = None, cancel: CancelFn = None, progress: ProgressFn = None) -> np.ndarray:
         """The full-resolution predicted imperfection mask (float32 HxW in [0, 1])."""
-        return self.analyze(image, cancel=cancel, progress=progress).mask
+        return self.analyze(image, blemish_size=blemish_size, cancel=cancel, progress=progress).mask
 
     def retouch(
         self,
@@ -375,10 +363,10 @@ class Retoucher:
         mask: np.ndarray | None = None,
         strength: float = 1.0,
         *,
+        blemish_size: float | None = None,
         cancel: CancelFn = None,
         progress: ProgressFn = None,
     ) -> np.ndarray:
         """Analyse, render and composite in one call; returns an image of the same shape and dtype."""
-        a = self.analyze(image, cancel=cancel, progress=progress)
+        a = self.analyze(image, blemish_size=blemish_size, cancel=cancel, progress=progress)
         return _composite(image, self.render(a, mask, cancel=cancel), strength)
-

@@ -12,7 +12,8 @@
    soft edge.
 
 Every size is relative to the image size, so the function works at any resolution. It is used by
-the blemish synthesiser (:mod:`engine.training.synth`) and the classical baselines (:mod:`engine.training.baselines`).
+the blemish synthesiser and the classical baselines (engine.training); :func:`skin_colour`, the
+colour rule alone, is used by the run-time pipeline to leave out regions without skin.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import numpy as np
 
 from engine.errors import ImageError
 
-__all__ = ["skin_mask", "as_float_rgb", "fill_small_holes", "odd"]
+__all__ = ["skin_mask", "skin_colour", "as_float_rgb", "fill_small_holes", "odd"]
 
 # Chroma box on the 8-bit YCrCb scale (slightly wider than Chai & Ngan's 133-173 / 77-127).
 _CR_RANGE = (130.5, 180.0)
@@ -132,6 +133,22 @@ def _mouth_region(cr: np.ndarray, cr_mean: float, cr_std: float, core: np.ndarra
     return region.astype(bool)
 
 
+def skin_colour(img: np.ndarray) -> np.ndarray:
+    """Pixels whose colour could be skin (the permissive YCrCb + HSV rule of :func:`skin_mask`,
+    without its face-shaped clean-up): bool HxW. Used to leave out regions of a photo that hold
+    no skin at all (sky, clothes, walls) and to keep a predicted mask off them."""
+    rgb = as_float_rgb(img)
+    ycc = cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb)
+    cr, cb = ycc[..., 1] * 255.0, ycc[..., 2] * 255.0
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+    hue, sat, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    return (
+        (cr >= _CR_RANGE[0]) & (cr <= _CR_RANGE[1]) & (cb >= _CB_RANGE[0]) & (cb <= _CB_RANGE[1])
+        & ((hue <= _HUE_MAX) | (hue >= _HUE_WRAP))
+        & (sat >= _SAT_RANGE[0]) & (sat <= _SAT_RANGE[1]) & (val >= _VAL_MIN)
+    )
+
+
 def skin_mask(img: np.ndarray) -> np.ndarray:
     """Soft facial-skin mask of an RGB image.
 
@@ -148,14 +165,7 @@ def skin_mask(img: np.ndarray) -> np.ndarray:
 
     ycc = cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb)
     y, cr, cb = ycc[..., 0], ycc[..., 1] * 255.0, ycc[..., 2] * 255.0
-    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
-    hue, sat, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]
-
-    cand = (
-        (cr >= _CR_RANGE[0]) & (cr <= _CR_RANGE[1]) & (cb >= _CB_RANGE[0]) & (cb <= _CB_RANGE[1])
-        & ((hue <= _HUE_MAX) | (hue >= _HUE_WRAP))
-        & (sat >= _SAT_RANGE[0]) & (sat <= _SAT_RANGE[1]) & (val >= _VAL_MIN)
-    ).astype(np.uint8)
+    cand = skin_colour(rgb).astype(np.uint8)
     cand = cv2.morphologyEx(cand, cv2.MORPH_OPEN, _ellipse(3 * scale))
     core = _largest_components(cand, keep_fraction=1.0)
     if core.sum() < 0.002 * h * w:

@@ -10,7 +10,7 @@ import pytest
 from engine.training.baselines import bilateral_smooth, spot_heal
 from engine.errors import ImageError
 from engine.training.metrics import psnr, soft_iou, ssim
-from engine.training.skin import skin_mask
+from engine.skin import skin_mask
 from tests.test_synth import SKIN_RGB, make_face
 
 # ---------------------------------------------------------------- metrics

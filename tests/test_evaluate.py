@@ -40,11 +40,13 @@ def test_eval_reports_model_and_baselines(setup, capsys) -> None:
     argv = ["--model", f"tiny={setup['weights']}", "--clean", str(setup["faces"]), "--count", "5", "--json", str(out), "--threads", "1"]
     assert evaluate.main(argv) == 0
     table = json.loads(out.read_text())
-    assert table["_meta"]["images"] == 2 and table["_meta"]["size"] == 64  # held-out only, at the model's size
+    assert table["_meta"]["images"] == 2 and table["_meta"]["px_per_mm"] == 0.5  # held-out only, at the model's scale
     assert set(table) == {"_meta", "input (untouched)", "bilateral skin smoothing", "spot healing (detect + inpaint)", "tiny"}
-    pairs = list(eval_pairs(setup["faces"], 64, 5))
+    pairs = list(eval_pairs(setup["faces"], 0.5, 5))
     expected = np.mean([metrics.psnr(raw, clean) for _, raw, clean, _ in pairs])
     assert table["input (untouched)"]["psnr"] == pytest.approx(expected)
+    expected_de = np.mean([metrics.mean_delta_e(raw, clean, m > evaluate.BLEMISH_THRESHOLD) for _, raw, clean, m in pairs])
+    assert table["input (untouched)"]["delta_e_blemish"] == pytest.approx(expected_de)
     assert table["input (untouched)"]["soft_iou"] is None  # no mask to score
     assert 0.0 <= table["tiny"]["soft_iou"] <= 1.0
     assert 0.0 <= table["spot healing (detect + inpaint)"]["soft_iou"] <= 1.0
@@ -63,6 +65,41 @@ def test_eval_by_kind(setup, capsys) -> None:
     printed = capsys.readouterr().out
     assert all(f"| {k} | tiny |" in printed for k in BLEMISH_KINDS)
     # the per-kind pairs really hold only that kind: papules alone differ from dark spots alone
-    a = next(eval_pairs(setup["faces"], 64, 1, synth=SynthConfig.only("papules")))
-    b = next(eval_pairs(setup["faces"], 64, 1, synth=SynthConfig.only("dark_spots")))
+    a = next(eval_pairs(setup["faces"], 0.5, 1, synth=SynthConfig.only("papules")))
+    b = next(eval_pairs(setup["faces"], 0.5, 1, synth=SynthConfig.only("dark_spots")))
     assert not np.array_equal(a[3], b[3])
+
+
+def test_eval_with_the_true_mask_against_classical_healing(setup, capsys) -> None:
+    """Every method is handed the exact mask. The untrained model (G's output layer is zero)
+    returns exactly its anchor, the classical fill: both rows agree."""
+    out = setup["root"] / "true.json"
+    argv = ["--model", f"tiny={setup['weights']}", "--clean", str(setup["faces"]), "--count", "2", "--true-mask", "--json", str(out)]
+    assert evaluate.main(argv) == 0
+    table = json.loads(out.read_text())
+    assert table["_meta"]["true_mask"] is True
+    assert {"Telea inpainting", "median blend", "classical fill (the model's anchor)", "frequency-separation heal", "tiny"} < set(table)
+    anchor, model = table["classical fill (the model's anchor)"], table["tiny"]
+    assert model["psnr_blemish"] == pytest.approx(anchor["psnr_blemish"], abs=0.01)
+    assert model["delta_e_blemish"] == pytest.approx(anchor["delta_e_blemish"], abs=0.01)
+    assert model["soft_iou"] is None  # handed the mask, it predicts none
+    # classical healing changes the blemishes: no method is exactly the input there
+    assert all(table[k]["psnr_blemish"] != table["input (untouched)"]["psnr_blemish"] for k in ("Telea inpainting", "median blend"))
+    assert "| Telea inpainting |" in capsys.readouterr().out
+
+
+def test_eval_at_face_sizes_runs_the_whole_pipeline(setup, capsys) -> None:
+    out = setup["root"] / "sizes.json"
+    argv = ["--model", f"tiny={setup['weights']}", "--clean", str(setup["faces"]), "--count", "1", "--face-size", "60,120", "--json", str(out)]
+    assert evaluate.main(argv) == 0
+    tables = json.loads(out.read_text())["_face_sizes"]
+    assert list(tables) == ["60", "120"]
+    small, large = tables["60"], tables["120"]
+    assert large["_meta"]["image_side"] >= 1.8 * small["_meta"]["image_side"]
+    for t in (small, large):
+        assert set(t) == {"_meta", "input (untouched)", "tiny"}
+        assert 0.0 <= t["tiny"]["soft_iou"] <= 1.0 and t["input (untouched)"]["soft_iou"] is None
+    printed = capsys.readouterr().out
+    assert "| 60 |" in printed and "| 120 |" in printed
+    with pytest.raises(SystemExit):
+        evaluate.main(["--face-size", "big", "--clean", str(setup["faces"])])

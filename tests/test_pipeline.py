@@ -8,7 +8,9 @@ import torch
 
 from engine import faces as faces_mod
 from engine import pipeline as pl
+from engine import regions as rg
 from engine.compositor import Correction, CorrectionBuilder, Patch, blend_weights, composite
+from engine.faces import Face
 from engine.errors import Cancelled, ImageError, RetouchError, WeightsError
 from engine.model.checkpoint import save_model
 from engine.model.config import ModelConfig
@@ -16,6 +18,14 @@ from engine.model.retouchformer import RetouchFormer
 from engine.retoucher import Analysis, Retoucher
 
 FACE = (150, 110, 310, 270)  # a 160 px "face" box in a 480x400 photo
+
+
+def fake_face(box, score: float = 0.95) -> Face:
+    """A detection with a frontal face's landmarks inside ``box``."""
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    pts = ((0.3, 0.4), (0.7, 0.4), (0.5, 0.6), (0.35, 0.8), (0.65, 0.8))
+    return Face(tuple(box), tuple((x0 + a * w, y0 + b * h) for a, b in pts), score)
 
 
 def _skin(h: int = 400, w: int = 480, seed: int = 0, dtype=np.uint8) -> np.ndarray:
@@ -50,12 +60,12 @@ def retoucher(weights) -> Retoucher:
 
 @pytest.fixture
 def one_face(monkeypatch):
-    monkeypatch.setattr(faces_mod, "detect_faces", lambda image, **kw: [FACE])
+    monkeypatch.setattr(faces_mod, "detect", lambda image, **kw: [fake_face(FACE)])
 
 
 @pytest.fixture
 def no_face(monkeypatch):
-    monkeypatch.setattr(faces_mod, "detect_faces", lambda image, **kw: [])
+    monkeypatch.setattr(faces_mod, "detect", lambda image, **kw: [])
 
 
 def _box_mask(shape, box, value=1.0) -> np.ndarray:
@@ -91,15 +101,16 @@ def test_device_label(retoucher):
 
 def test_face_path_bit_identical_outside_mask(retoucher, one_face):
     img = _skin()
+    img[:, :60] = (40, 60, 140)  # a blue band: no skin, left out by the skin tiles' mask
     a = retoucher.analyze(img)
     assert isinstance(a, Analysis)
-    assert not a.used_tiles and a.message == "1 face found" and len(a.regions) == 1
+    assert a.message.startswith("1 face found; blemish size") and a.plan.regions[0].kind == "face"
     assert a.mask.shape == img.shape[:2] and a.mask.dtype == np.float32
     x0, y0, x1, y1 = a.regions[0]
     assert x0 <= FACE[0] and y0 <= FACE[1] and x1 >= FACE[2] and y1 >= FACE[3]
-    # The predicted mask is exactly 0 outside the face crop; the output is bit-identical there.
-    outside = np.ones(img.shape[:2], bool)
-    outside[y0:y1, x0:x1] = False
+    # The predicted mask is exactly 0 off skin; the output is bit-identical wherever it is 0.
+    assert (a.mask[:, :50] == 0).all()
+    outside = a.mask == 0
     assert (a.mask[outside] == 0).all()
     out = retoucher.composite(img, retoucher.render(a), 1.0)
     assert out.dtype == img.dtype and out.shape == img.shape
@@ -157,22 +168,32 @@ def test_uint16_precision(retoucher, one_face):
 def test_tiles_when_no_face(retoucher, no_face):
     img = _skin(300, 420)
     a = retoucher.analyze(img)
-    assert a.used_tiles
-    assert a.message.startswith("No face found: processed the whole image in") and "overlapping tiles" in a.message
-    assert len(a.regions) > 1
+    assert a.message.startswith("No face found; blemish size") and "(assumed: no face)" in a.message
+    assert a.plan.source == "default" and all(r.kind == "tile" for r in a.plan.regions)
     cover = np.zeros(img.shape[:2], bool)
     for x0, y0, x1, y1 in a.regions:
         cover[y0:y1, x0:x1] = True
     assert cover.all()
-    # Overlapping tiles: the blending weights form a partition of unity (no seams).
-    regions = pl.tile_regions(img.shape[:2])
-    total = np.zeros(img.shape[:2], np.float32)
-    for i in range(len(regions)):
-        (x0, y0, x1, y1), w = blend_weights([r.crop for r in regions], [r.ramp for r in regions], img.shape[:2], i)
-        total[y0:y1, x0:x1] += w
-    np.testing.assert_allclose(total, 1.0, atol=1e-5)
     out = retoucher.composite(img, retoucher.render(a, np.ones(img.shape[:2], np.float32)), 1.0)
     assert (out != img).any()
+    # A user's blemish size sets the scale: a smaller size means a finer scale, more working pixels.
+    fine = retoucher.analyze(img, blemish_size=a.blemish_size / 3)
+    assert fine.plan.source == "user" and fine.blemish_size == pytest.approx(a.blemish_size / 3)
+    assert sum(r.n ** 2 for r in fine.plan.regions) > 4 * sum(r.n ** 2 for r in a.plan.regions)
+    with pytest.raises(RetouchError, match="blemish size"):
+        retoucher.analyze(img, blemish_size=-1)
+
+
+def test_overlapping_tiles_form_a_partition_of_unity():
+    shape = (900, 1300)
+    plan = rg.plan_regions(shape, [], 1.6, blemish_size=6.0)  # 2 px/mm: tiles of 240 px
+    tiles = plan.regions
+    assert len(tiles) > 4 and all(r.kind == "tile" for r in tiles)
+    total = np.zeros(shape, np.float32)
+    for i, r in enumerate(tiles):
+        x0, y0, x1, y1 = r.box
+        total[y0:y1, x0:x1] += pl.region_weights(tiles, shape, i)
+    np.testing.assert_allclose(total, 1.0, atol=1e-5)
 
 
 def test_wrong_mask_size_message(retoucher, one_face):
@@ -206,8 +227,7 @@ def test_edited_mask_changes_only_near_the_edit(retoucher, one_face):
     diff = (out != pred).any(axis=2)
     assert diff.any()
     changed = (np.abs(edited - a.mask) > 1 / 255).astype(np.uint8)
-    crop_side = a.regions[0][2] - a.regions[0][0]
-    margin = 6 * int(np.ceil(crop_side / retoucher.config.image_size))
+    margin = 6 * int(np.ceil(max(r.side / r.n for r in a.plan.regions)))
     near = cv2.dilate(changed, np.ones((2 * margin + 1, 2 * margin + 1), np.uint8)).astype(bool)
     assert not diff[~near].any()
     # erased pixels are untouched
@@ -237,12 +257,16 @@ def test_correction_is_stored_per_box(retoucher, one_face):
     a = retoucher.analyze(img)
     c = retoucher.render(a)
     assert isinstance(c, Correction) and c.patches
-    x0, y0, x1, y1 = a.regions[0]
     for p in c.patches:
         assert p.delta.dtype == np.float16
         px0, py0, px1, py1 = p.box
-        assert x0 <= px0 < px1 <= x1 and y0 <= py0 < py1 <= y1
-    assert c.nbytes < img.size * 2
+        assert any(x0 <= px0 < px1 <= x1 and y0 <= py0 < py1 <= y1 for x0, y0, x1, y1 in a.regions)
+    area = np.zeros(img.shape[:2], np.int32)
+    for p in c.patches:
+        x0, y0, x1, y1 = p.box
+        area[y0:y1, x0:x1] += 1
+    assert area.max() == 1  # disjoint boxes: every pixel stored at most once
+    assert c.nbytes <= img.size * 2
 
 
 def test_detail_survives_and_blemish_rim_goes(retoucher, one_face):
@@ -270,10 +294,10 @@ def test_overlapping_faces_blend_without_seams(tmp_path, monkeypatch):
         model.synthesis.out.bias.fill_(0.12)  # weight stays 0: synthesis = x + 0.12
     save_model(model, tmp_path / "const.safetensors")
     r = Retoucher.load(tmp_path / "const.safetensors", device="cpu")
-    monkeypatch.setattr(faces_mod, "detect_faces", lambda image, **kw: [(100, 120, 220, 240), (190, 120, 310, 240)])
-    img = np.full((400, 480, 3), 100, np.uint8)
+    monkeypatch.setattr(faces_mod, "detect", lambda image, **kw: [fake_face((100, 120, 220, 240)), fake_face((190, 120, 310, 240))])
+    img = np.full((400, 480, 3), 100, np.uint8)  # grey: no skin colour, so no skin tiles
     a = r.analyze(img)
-    assert a.message == "2 faces found" and len(a.regions) == 2
+    assert a.message.startswith("2 faces found") and len(a.regions) == 2
     (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = a.regions
     assert ax1 > bx0  # the crops overlap
     # The predicted mask: wherever it is 0 (outside the crops) nothing changes.
@@ -296,22 +320,36 @@ def test_overlapping_faces_blend_without_seams(tmp_path, monkeypatch):
 
 def test_stroke_outside_faces_is_corrected_locally(retoucher, one_face):
     img = _skin()
+    img[:, :120] = (40, 60, 140)  # no skin there: no tile is planned over it
+    img[50:70, 40:80] = (200, 150, 130)  # ... except a skin-coloured patch a user brushes
     a = retoucher.analyze(img)
-    x0, y0, x1, y1 = a.regions[0]
     user = a.mask.copy()
-    user[50:70, 40:80] = 1.0  # a stroke on the spot at (60, 60), far outside the face crop
-    assert y0 > 70 or x0 > 80  # the stroke is outside the crop
+    user[50:70, 40:80] = 1.0  # a stroke far outside the face crop
     pred = retoucher.composite(img, retoucher.render(a), 1.0)
     out = retoucher.composite(img, retoucher.render(a, user), 1.0)
     diff = (out != pred).any(axis=2)
     assert diff[50:70, 40:80].any()
+    margin = 6 * int(np.ceil(max(r.side / r.n for r in a.plan.regions + [e.region for e in a.extras])))
     outside = np.ones_like(diff)
-    outside[50:70, 40:80] = False
+    outside[50 - margin : 70 + margin, 40 - margin : 80 + margin] = False
     assert not diff[outside].any()
     n_extras = len(a.extras)
-    assert n_extras == 1
     retoucher.render(a, user)
     assert len(a.extras) == n_extras  # analysed once, then reused
+
+
+def test_false_detection_does_not_leave_the_rest_out(retoucher, monkeypatch):
+    """A small false 'face' on a skin photo: the skin around it is still planned, at the scale
+    of that detection, and every skin pixel lies in some region."""
+    monkeypatch.setattr(faces_mod, "detect", lambda image, **kw: [fake_face((300, 200, 340, 240))])
+    img = _skin(400, 480)
+    a = retoucher.analyze(img)
+    kinds = [r.kind for r in a.plan.regions]
+    assert kinds[0] == "face" and "tile" in kinds
+    cover = np.zeros(img.shape[:2], bool)
+    for x0, y0, x1, y1 in a.regions:
+        cover[y0:y1, x0:x1] = True
+    assert cover.all()
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,65 +390,14 @@ def test_lone_region_feathers_toward_interior_borders():
     assert col[-1] < 0.01
 
 
-def test_face_crop_and_merge():
-    x0, y0, x1, y1 = faces_mod.face_crop((100, 100, 200, 200))
-    side = x1 - x0
-    assert side == y1 - y0 and 0.55 <= 100 / side <= 0.7
-    assert abs((x0 + x1) / 2 - 150) <= 1
-    merged = faces_mod.merge_boxes([(100, 100, 200, 200), (105, 98, 205, 202), (400, 400, 450, 450)])
-    assert len(merged) == 2
-    assert faces_mod.detect_faces(np.full((300, 400, 3), 128, np.uint8)) == []
-
-
-def _drawn_face(size: int = 400) -> np.ndarray:
-    """A cartoon face (skin ellipse, dark eyes and brows, mouth, nose shadow) that the Haar cascade finds."""
-    img = np.full((size, size, 3), (60, 90, 120), np.uint8)
-    c, s = size // 2, size / 400
-
-    def ell(dx, dy, ax, ay, colour):
-        cv2.ellipse(img, (c + int(dx * s), c + int(dy * s)), (int(ax * s), int(ay * s)), 0, 0, 360, colour, -1)
-
-    ell(0, 0, 110, 145, (225, 185, 160))
-    for dx in (-45, 45):
-        ell(dx, -35, 24, 11, (40, 30, 30))
-        ell(dx, -62, 30, 7, (70, 50, 40))
-    ell(0, 65, 38, 10, (150, 70, 70))
-    ell(0, 25, 14, 8, (180, 140, 120))
-    return cv2.GaussianBlur(img, (0, 0), 3 * s)
-
-
-def test_real_detection_of_a_drawn_face(retoucher):
-    photo = np.full((1200, 1600, 3), 50, np.uint8)
-    photo[400:800, 500:900] = _drawn_face(400)
-    found = faces_mod.detect_faces(photo)
-    assert len(found) == 1
-    x0, y0, x1, y1 = found[0]
-    assert 500 <= x0 < 640 and 760 < x1 <= 900 and 400 <= y0 < 540 and 660 < y1 <= 800
-    a = retoucher.analyze(photo)
-    assert a.message == "1 face found" and not a.used_tiles
-    cx0, cy0, cx1, cy1 = a.regions[0]
-    assert cx0 < x0 and cy0 < y0 and cx1 > x1 and cy1 > y1  # the crop has a margin around the face
-
-
-def test_missing_cascade_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(cv2.data, "haarcascades", str(tmp_path) + "/")
-    faces_mod._cascade.cache_clear()
-    try:
-        with pytest.raises(RetouchError, match="face detector data"):
-            faces_mod.detect_faces(np.full((300, 400, 3), 128, np.uint8))
-    finally:
-        monkeypatch.undo()
-        faces_mod._cascade.cache_clear()
-
-
 def test_crop_padding_and_mask_pooling():
     img = _skin(200, 200)
-    region = pl.Region((-50, -50, 150, 150), (0, 0, 150, 150), 30.0, "face")
+    region = rg.Region((-50, -50, 150, 150), (0, 0, 150, 150), 64, 30.0, "face", 0)
     crop = pl.extract_crop(img, region)
     assert crop.shape == (200, 200, 3)
     assert np.array_equal(crop[50:, 50:], img[:150, :150])
     assert np.array_equal(crop[49, 50:], img[1, :150])  # reflected
     stroke = np.zeros((150, 150), np.float32)
     stroke[80, 10:140] = 1.0  # one pixel wide
-    native = pl.mask_to_native(stroke, region, 64)
-    assert native.max() == 1.0  # a thin stroke survives downsampling
+    work = pl.mask_to_work(stroke, region)
+    assert work.shape == (64, 64) and work.max() == 1.0  # a thin stroke survives downsampling

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from engine.errors import ImageError
-from engine.training.skin import skin_mask
+from engine.skin import skin_mask
 from engine.training.synth import BLEMISH_KINDS, SynthConfig, synthesize
 
 SKIN_RGB = (0.86, 0.66, 0.56)
@@ -163,3 +163,25 @@ def test_bad_inputs() -> None:
         synthesize(img[..., :2], np.random.default_rng(0))
     with pytest.raises(ValueError):
         SynthConfig.only("freckles")
+
+
+def test_lesions_are_sized_in_millimetres() -> None:
+    """Dark spots are 2-6 mm across: at 4 px/mm each spot's core (alpha > 0.3) fits in a 6 mm
+    circle and the spots are 4x the area of those at 2 px/mm on the same face."""
+    cfg = SynthConfig.only("dark_spots", dark_spots_count=(1, 1), cluster_fraction=0.0)
+    img = make_face(256)
+    skin = skin_mask(img)
+    areas = {}
+    for ppm in (2.0, 4.0):
+        sizes = []
+        for s in range(8):
+            core = (synthesize(img, np.random.default_rng(s), cfg, skin=skin, px_per_mm=ppm).mask > 0.3).astype(np.uint8)
+            n, _, stats, _ = cv2.connectedComponentsWithStats(core)
+            if n > 1:
+                big = stats[1:, cv2.CC_STAT_AREA].argmax() + 1
+                sizes.append(stats[big, cv2.CC_STAT_AREA])
+                assert max(stats[big, cv2.CC_STAT_WIDTH], stats[big, cv2.CC_STAT_HEIGHT]) <= 7.5 * ppm  # 6 mm + irregular outline
+        areas[ppm] = np.mean(sizes)
+    assert 2.8 < areas[4.0] / areas[2.0] < 5.5
+    with pytest.raises(ImageError):
+        synthesize(img, np.random.default_rng(0), cfg, skin=skin, px_per_mm=0.0)

@@ -7,7 +7,7 @@
 - decoders.SynthesisDecoder (G) and discriminator.PixelDiscriminator (D)
 """
 from engine.model.attention import SelectiveSelfAttention
-from engine.model.checkpoint import load_model, load_safetensors, read_config, save_model, save_safetensors
+from engine.model.checkpoint import load_model, load_safetensors, read_config, save_model, save_safetensors, transfer_weights
 from engine.model.config import ModelConfig
 from engine.model.discriminator import PixelDiscriminator
 from engine.model.quantizer import VectorQuantizer
@@ -26,4 +26,5 @@ __all__ = [
     "read_config",
     "save_model",
     "save_safetensors",
+    "transfer_weights",
 ]

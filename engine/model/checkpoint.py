@@ -143,3 +143,25 @@ def load_model(path: str | Path, expected: ModelConfig | None = None, device: st
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()})
     model.checkpoint_info = extra
     return model.to(device).eval()
+
+
+def transfer_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Copy ``tensors`` (an earlier model's state) into ``model`` as far as they fit.
+
+    For a warm start across an architecture change: tensors of the same name and shape are
+    copied; a convolution that gained input channels gets the old weights in its first channels
+    and zeros in the new ones (so it computes what it computed before). Returns the names of
+    the model's tensors that kept their fresh initialisation.
+    """
+    own = model.state_dict()
+    fresh = []
+    for name, t in own.items():
+        old = tensors.get(name)
+        if old is not None and tuple(old.shape) == tuple(t.shape):
+            t.copy_(old.to(t.dtype))
+        elif old is not None and t.ndim == 4 and old.ndim == 4 and old.shape[0] == t.shape[0] and old.shape[2:] == t.shape[2:] and old.shape[1] < t.shape[1]:
+            t.zero_()
+            t[:, : old.shape[1]].copy_(old.to(t.dtype))
+        else:
+            fresh.append(name)
+    return fresh

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from engine.model.config import ModelConfig
+from engine.model.fill import TEXTURE_MM, anchor_fill
 from engine.model.layers import ConvAct, ResBlock, Up, mask_to
 
 
@@ -27,9 +28,13 @@ class SynthesisDecoder(nn.Module):
 
     The frames are fused on the 1/8 grid and upsampled; at each finer level the encoder features
     enter as skips gated by (1 − mask) with the mask appended, so normal skin keeps its native
-    detail and imperfection regions are synthesised from the selective-attention output. G
-    predicts a residual on x; the returned image is the composite x + m ⊗ (G − x), so pixels with
-    mask 0 are exactly the input.
+    detail and imperfection regions are synthesised from the selective-attention output.
+
+    With ``config.anchor`` (the default) G predicts a residual on the classical fill of the masked
+    region (:func:`engine.model.fill.anchor_fill`), which also enters the last skip, so it learns
+    what the fill gets wrong; its output layer starts at zero, so an untrained G returns the
+    classical fill. Without it (the paper's form, an ablation) G predicts a residual on x. The
+    returned image is the composite x + m ⊗ (synthesis − x): pixels with mask 0 are exactly x.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -37,7 +42,10 @@ class SynthesisDecoder(nn.Module):
         c, e = cfg.dec_channels, cfg.enc_channels
         self.fuse = nn.Sequential(nn.Conv2d(len(cfg.frames) * cfg.token_dim, c[0], 1), ResBlock(c[0]))
         self.ups = nn.ModuleList([Up(c[0], c[1]), Up(c[1], c[2]), Up(c[2], c[3], residual=False)])
-        self.skips = nn.ModuleList([ConvAct(e[2] + 1 + c[1], c[1]), ConvAct(e[1] + 1 + c[2], c[2]), ConvAct(e[0] + 1 + c[3], c[3])])
+        self.anchor = cfg.anchor
+        self.texture_sigma = TEXTURE_MM * cfg.work_px_per_mm
+        a = 3 if cfg.anchor else 0
+        self.skips = nn.ModuleList([ConvAct(e[2] + 1 + c[1], c[1]), ConvAct(e[1] + 1 + c[2], c[2]), ConvAct(e[0] + 1 + c[3] + a, c[3])])
         self.out = nn.Conv2d(c[3], 3, 3, 1, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
@@ -46,10 +54,15 @@ class SynthesisDecoder(nn.Module):
         """Returns (composite image, raw synthesis) for frames (B,S,D,h,w), encoder feats, input x, pixel mask."""
         b, s, d, h, w = frames.shape
         y = self.fuse(frames.reshape(b, s * d, h, w))
+        base = x
+        if self.anchor:
+            with torch.no_grad():
+                base = anchor_fill(x.float(), mask.float(), self.texture_sigma).to(x.dtype)
         for up, skip, level in zip(self.ups, self.skips, (2, 1, 0)):
             y = up(y)
             f = feats[level]
             m = mask_to(mask, f.shape[-2:])
-            y = skip(torch.cat([f * (1.0 - m), m, y], 1))
-        synth = (x + self.out(y)).clamp(0.0, 1.0)
+            parts = [f * (1.0 - m), m, y] + ([base * 2.0 - 1.0] if self.anchor and level == 0 else [])
+            y = skip(torch.cat(parts, 1))
+        synth = (base + self.out(y)).clamp(0.0, 1.0)
         return x + mask * (synth - x), synth

@@ -15,9 +15,9 @@ import cv2
 import numpy as np
 
 from engine.errors import ImageError
-from engine.training.skin import as_float_rgb, fill_small_holes, odd, skin_mask
+from engine.skin import as_float_rgb, fill_small_holes, odd, skin_mask
 
-__all__ = ["bilateral_smooth", "spot_heal"]
+__all__ = ["bilateral_smooth", "spot_heal", "telea_heal", "median_blend", "anchor_heal", "frequency_separation_heal"]
 
 
 def _scale(img: np.ndarray) -> float:
@@ -44,7 +44,7 @@ def bilateral_smooth(
 
     Args:
         img: float32 HxWx3 RGB in [0, 1].
-        skin: soft skin mask HxW in [0, 1]; detected with :func:`engine.training.skin.skin_mask` if None.
+        skin: soft skin mask HxW in [0, 1]; detected with :func:`engine.skin.skin_mask` if None.
         strength: how much of the filtered image replaces the original on full skin (0..1).
         sigma_color: bilateral range sigma in [0, 1] intensity units.
         sigma_space: bilateral spatial sigma in pixels at 256 px (scaled with the image size).
@@ -172,3 +172,64 @@ def spot_heal(
     ).astype(np.float32) / 65535.0
     healed = rgb + soft[..., None] * (inpainted - rgb)
     return np.clip(healed, 0.0, 1.0).astype(np.float32), soft.astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Classical healing handed a mask (what a photographer does with a brushed selection). Each
+# returns ``img + mask * (fill - img)``: the same soft composite the model uses, so that the
+# methods differ only in the fill.
+
+
+def _blend(rgb: np.ndarray, mask: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    m = np.clip(np.asarray(mask, np.float32), 0.0, 1.0)[..., None]
+    return np.clip(rgb + m * (fill - rgb), 0.0, 1.0).astype(np.float32)
+
+
+def _hard(mask: np.ndarray, threshold: float = 0.02) -> np.ndarray:
+    return (np.asarray(mask) > threshold).astype(np.uint8)
+
+
+def _telea(rgb: np.ndarray, hard: np.ndarray, radius: float) -> np.ndarray:
+    """Per-channel 16-bit Telea inpainting of ``hard`` (OpenCV's float path overshoots)."""
+    if not hard.any():
+        return rgb.copy()
+    rgb16 = np.round(np.clip(rgb, 0, 1) * 65535.0).astype(np.uint16)
+    out = [cv2.inpaint(np.ascontiguousarray(rgb16[..., c]), hard, radius, cv2.INPAINT_TELEA) for c in range(3)]
+    return np.stack(out, axis=2).astype(np.float32) / 65535.0
+
+
+def telea_heal(img: np.ndarray, mask: np.ndarray, px_per_mm: float = 1.6) -> np.ndarray:
+    """OpenCV's Telea inpainting of the masked pixels (mask > 0.02), blended in through the mask."""
+    rgb = as_float_rgb(img)
+    return _blend(rgb, mask, _telea(rgb, _hard(mask), max(2.0, 2.0 * px_per_mm)))
+
+
+def median_blend(img: np.ndarray, mask: np.ndarray, px_per_mm: float = 1.6) -> np.ndarray:
+    """Blend toward the surrounding skin: a median filter about 6 mm wide (wider than most spots,
+    so their colour loses the vote), blended in through the mask."""
+    rgb = as_float_rgb(img)
+    k = min(odd(6.0 * px_per_mm), 255)
+    u8 = k > 5  # OpenCV's median takes float input only up to 5x5
+    src = np.round(rgb * 255.0).astype(np.uint8) if u8 else rgb
+    med = cv2.medianBlur(src, k)
+    med = med.astype(np.float32) / 255.0 if u8 else med
+    return _blend(rgb, mask, med)
+
+
+def anchor_heal(img: np.ndarray, mask: np.ndarray, px_per_mm: float = 1.6) -> np.ndarray:
+    """The classical fill the model is anchored on (engine.model.fill: push-pull colour from the
+    surrounding skin, texture kept at the skin's grain), blended in through the mask."""
+    from engine.model.fill import TEXTURE_MM, anchor_fill_np
+
+    rgb = as_float_rgb(img)
+    return _blend(rgb, mask, anchor_fill_np(rgb, mask, sigma=TEXTURE_MM * px_per_mm))
+
+
+def frequency_separation_heal(img: np.ndarray, mask: np.ndarray, px_per_mm: float = 1.6) -> np.ndarray:
+    """Frequency-separation retouching: the low band (Gaussian, about 1.5 mm) is healed by Telea
+    inpainting under the mask, the high band (texture) is kept as it is."""
+    rgb = as_float_rgb(img)
+    sigma = max(0.8, 1.5 * px_per_mm)
+    low = cv2.GaussianBlur(rgb, (0, 0), sigma)
+    healed_low = _telea(low, _hard(mask), max(2.0, 2.0 * px_per_mm))
+    return _blend(rgb, mask, healed_low + (rgb - low))

@@ -1,16 +1,29 @@
 """`retouch eval`: the model against the classical tools a photographer could use without it.
 
 On synthetic pairs built from held-out portraits (a fixed ~10 % of the clean portraits that
-training never sees, engine.training.data.is_holdout), report the mean over images of
-- PSNR and SSIM of the whole image,
-- PSNR inside the blemish region (true mask > 0.2),
-- Soft-IoU of the predicted mask (sum of minima over sum of maxima),
-for each model given and for three baselines: the untouched input, edge-preserving skin
-smoothing (bilateral, engine.training.baselines.bilateral_smooth) and classical spot healing (spot
-detection + OpenCV inpainting, engine.training.baselines.spot_heal).
+training never sees, engine.training.data.is_holdout), brought to the model's working scale and
+given blemishes sized in millimetres, report the mean over images of
 
---by-kind repeats the evaluation once per blemish kind of the synthesiser (papules, dark spots,
-scars, redness, under-eye circles, each alone), to show where a model's mask falls short.
+- PSNR and SSIM of the whole image,
+- PSNR inside the blemish region (true mask > 0.2) and the mean CIEDE2000 colour error there,
+- Soft-IoU of the predicted mask (sum of minima over sum of maxima), where a method predicts one.
+
+Three tables:
+
+- the default: methods that find the blemishes themselves: the untouched input, edge-preserving
+  skin smoothing (bilateral), classical spot healing (spot detection + Telea inpainting), and
+  each model with its own predicted mask;
+- ``--true-mask``: every method is handed the exact blemish mask: each model, OpenCV's Telea
+  inpainting, a median blend toward the surrounding skin, the classical fill the model is
+  anchored on (engine.model.fill), and a frequency-separation heal;
+- ``--face-size 250,500,1000``: the same held-out faces rescaled so the face is about that many
+  pixels wide (upscaled when the source is smaller), blemishes in millimetres at that size, run
+  through the whole run-time pipeline (face detection, working scale, full-resolution
+  correction: engine.retoucher) with the predicted mask.
+
+``--by-kind`` repeats the default table once per blemish kind of the synthesiser. ``--offset N``
+skips the first N held-out portraits (validation of training runs uses portraits the
+evaluation does not).
 """
 from __future__ import annotations
 
@@ -21,67 +34,91 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import cv2
 import numpy as np
 import torch
 
-from engine.training import baselines, metrics
-from engine.training.data import DEFAULT_DATA, eval_pairs
 from engine.model import load_model
 from engine.paths import default_weights_path
-from engine.training.skin import skin_mask
-from engine.training.synth import BLEMISH_KINDS, SynthConfig
+from engine.training import baselines, metrics
+from engine.training.data import DEFAULT_DATA, centre_crop, eval_pairs, holdout_paths, load_at_scale
+from engine.skin import skin_mask
+from engine.training.synth import BLEMISH_KINDS, FACE_WIDTH_MM, SynthConfig, synthesize
 
-DEFAULT_CLEAN = DEFAULT_DATA / "faces"
+DEFAULT_CLEAN = [DEFAULT_DATA / "faces-hq", DEFAULT_DATA / "faces"]
 BLEMISH_THRESHOLD = 0.2
 
-Method = Callable[[list[np.ndarray]], list[tuple[np.ndarray, np.ndarray | None]]]
+Result = tuple[np.ndarray, np.ndarray | None]  # (output image, predicted mask or None)
+#: A method: (raw images, true masks) -> one result per image.
+Method = Callable[[list[np.ndarray], list[np.ndarray]], list[Result]]
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="retouch eval", description=__doc__.split("\n")[0])
     p.add_argument("--model", action="append", default=[], metavar="NAME=WEIGHTS", help="a model to evaluate (repeatable); default: the bundled model")
-    p.add_argument("--clean", type=Path, default=DEFAULT_CLEAN, help="folder of clean portraits (its held-out part is used)")
+    p.add_argument("--clean", type=Path, action="append", default=None, help="folder(s) of clean portraits (their held-out part is used); default: faces-hq and faces")
     p.add_argument("--count", type=int, default=200, help="number of held-out portraits")
+    p.add_argument("--offset", type=int, default=0, help="skip this many held-out portraits first (validation uses later ones than the evaluation)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--no-baselines", action="store_true")
-    p.add_argument("--json", type=Path, help="write the table as JSON")
+    p.add_argument("--true-mask", action="store_true", help="hand every method the exact blemish mask (model vs classical healing)")
+    p.add_argument("--face-size", metavar="W[,W...]", help="evaluate the whole pipeline on faces rescaled to these widths in pixels, e.g. 250,500,1000")
+    p.add_argument("--json", type=Path, help="write the table(s) as JSON")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--by-kind", action="store_true", help="also evaluate each blemish kind on its own")
     return p
 
 
-def model_method(path: Path, batch: int = 8) -> tuple[Method, int]:
+def model_method(path: Path, true_mask: bool = False) -> tuple[Method, float]:
+    """The model on each whole image at the working scale, with its own mask or the true one."""
     model = load_model(path)
 
-    def run(raws: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray | None]]:
-        out: list[tuple[np.ndarray, np.ndarray | None]] = []
-        for i in range(0, len(raws), batch):
-            x = torch.from_numpy(np.stack(raws[i : i + batch])).permute(0, 3, 1, 2).contiguous()
+    def run(raws: list[np.ndarray], masks: list[np.ndarray]) -> list[Result]:
+        out: list[Result] = []
+        for raw, true in zip(raws, masks):
+            x = torch.from_numpy(raw).permute(2, 0, 1)[None].contiguous()
+            m = torch.from_numpy(true)[None, None] if true_mask else None
             with torch.inference_mode():
-                res = model(x)
-            for img, m in zip(res.image, res.mask):
-                out.append((img.permute(1, 2, 0).numpy(), m[0].numpy()))
+                res = model(x, m)
+            out.append((res.image[0].permute(1, 2, 0).numpy(), None if true_mask else res.mask[0, 0].numpy()))
         return out
 
-    return run, model.config.image_size
+    return run, model.config.work_px_per_mm
 
 
 def baseline_methods() -> dict[str, Method]:
+    """Methods that find the blemishes themselves."""
     return {
-        "input (untouched)": lambda raws: [(r, None) for r in raws],
-        "bilateral skin smoothing": lambda raws: [(baselines.bilateral_smooth(r, skin_mask(r)), None) for r in raws],
-        "spot healing (detect + inpaint)": lambda raws: [baselines.spot_heal(r) for r in raws],
+        "input (untouched)": lambda raws, _m: [(r, None) for r in raws],
+        "bilateral skin smoothing": lambda raws, _m: [(baselines.bilateral_smooth(r, skin_mask(r)), None) for r in raws],
+        "spot healing (detect + inpaint)": lambda raws, _m: [baselines.spot_heal(r) for r in raws],
     }
 
 
-def score(results: list[tuple[np.ndarray, np.ndarray | None]], cleans: list[np.ndarray], masks: list[np.ndarray]) -> dict[str, float | None]:
-    ps, ss, pin, iou = [], [], [], []
+def healing_methods(px_per_mm: float) -> dict[str, Method]:
+    """Classical healing handed the true mask."""
+
+    def handed(fn: Callable[..., np.ndarray]) -> Method:
+        return lambda raws, masks: [(fn(r, m, px_per_mm), None) for r, m in zip(raws, masks)]
+
+    return {
+        "input (untouched)": lambda raws, _m: [(r, None) for r in raws],
+        "Telea inpainting": handed(baselines.telea_heal),
+        "median blend": handed(baselines.median_blend),
+        "classical fill (the model's anchor)": handed(baselines.anchor_heal),
+        "frequency-separation heal": handed(baselines.frequency_separation_heal),
+    }
+
+
+def score(results: list[Result], cleans: list[np.ndarray], masks: list[np.ndarray]) -> dict[str, float | None]:
+    ps, ss, pin, de, iou = [], [], [], [], []
     for (out, pred), clean, true in zip(results, cleans, masks):
         ps.append(metrics.psnr(out, clean))
         ss.append(metrics.ssim(out, clean))
         region = true > BLEMISH_THRESHOLD
         if region.any():
             pin.append(metrics.psnr(out, clean, mask=region))
+            de.append(metrics.mean_delta_e(out, clean, mask=region))
         if pred is not None:
             iou.append(metrics.soft_iou(pred, true))
 
@@ -89,33 +126,100 @@ def score(results: list[tuple[np.ndarray, np.ndarray | None]], cleans: list[np.n
         finite = [x for x in v if np.isfinite(x)]
         return float(np.mean(finite)) if finite else None
 
-    return {"psnr": mean(ps), "ssim": mean(ss), "psnr_blemish": mean(pin), "soft_iou": mean(iou)}
+    return {"psnr": mean(ps), "ssim": mean(ss), "psnr_blemish": mean(pin), "delta_e_blemish": mean(de), "soft_iou": mean(iou)}
 
 
-def evaluate(
-    models: dict[str, Path], clean_dir: Path, count: int, seed: int, with_baselines: bool = True, synth: SynthConfig | None = None
-) -> dict[str, dict[str, float | None]]:
-    methods: dict[str, Method] = baseline_methods() if with_baselines else {}
-    size = None
+def _models(models: dict[str, Path], true_mask: bool) -> tuple[dict[str, Method], float]:
+    methods: dict[str, Method] = {}
+    scale = None
     for name, path in models.items():
-        methods[name], s = model_method(path)
-        if size not in (None, s):
-            raise SystemExit("all models in one evaluation must share the native resolution")
-        size = s
-    pairs = list(eval_pairs(clean_dir, size or 256, count, seed, synth))
-    if not pairs:
-        raise SystemExit(f"no held-out portraits found in {clean_dir}")
-    raws = [p[1] for p in pairs]
-    cleans = [p[2] for p in pairs]
-    masks = [p[3] for p in pairs]
+        methods[name], s = model_method(path, true_mask)
+        if scale not in (None, s):
+            raise SystemExit("all models in one evaluation must share the working scale (work_px_per_mm)")
+        scale = s
+    return methods, scale or 1.6
+
+
+def _run(methods: dict[str, Method], pairs: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, dict[str, float | None]]:
+    raws, cleans, masks = [p[1] for p in pairs], [p[2] for p in pairs], [p[3] for p in pairs]
     table: dict[str, dict[str, float | None]] = {}
     for name, method in methods.items():
         t0 = time.perf_counter()
-        table[name] = score(method(raws), cleans, masks)
+        table[name] = score(method(raws, masks), cleans, masks)
         table[name]["seconds_per_image"] = (time.perf_counter() - t0) / len(raws)
         print(f"evaluated {name}", file=sys.stderr)
-    table["_meta"] = {"images": len(pairs), "size": size or 256, "seed": seed, "blemish_threshold": BLEMISH_THRESHOLD}  # type: ignore[assignment]
     return table
+
+
+def evaluate(
+    models: dict[str, Path],
+    clean_dirs: list[Path],
+    count: int,
+    seed: int,
+    with_baselines: bool = True,
+    synth: SynthConfig | None = None,
+    true_mask: bool = False,
+    offset: int = 0,
+) -> dict[str, dict[str, float | None]]:
+    """One table on held-out pairs at the models' working scale (see the module doc)."""
+    mine, scale = _models(models, true_mask)
+    methods: dict[str, Method] = {}
+    if with_baselines:
+        methods.update(healing_methods(scale) if true_mask else baseline_methods())
+    methods.update(mine)
+    pairs = list(eval_pairs(clean_dirs, scale, count, seed, synth, offset))
+    if not pairs:
+        raise SystemExit(f"no held-out portraits found in {', '.join(map(str, clean_dirs))}")
+    table = _run(methods, pairs)
+    table["_meta"] = {"images": len(pairs), "px_per_mm": scale, "seed": seed, "offset": offset, "true_mask": true_mask, "blemish_threshold": BLEMISH_THRESHOLD}  # type: ignore[assignment]
+    return table
+
+
+def face_size_pairs(clean_dirs: list[Path], width: int, count: int, seed: int, offset: int = 0) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """Held-out portraits rescaled so the face is about ``width`` px wide (face width 140 mm),
+    with blemishes sized in millimetres at that scale; (name, raw, clean, mask) as uint8-exact floats."""
+    px_per_mm = width / FACE_WIDTH_MM
+    out = []
+    for i, p in enumerate(holdout_paths(clean_dirs, count, offset)):
+        img = centre_crop(load_at_scale(p, px_per_mm), 16, None)
+        clean = img.astype(np.float32) / 255.0
+        s = synthesize(clean, np.random.default_rng(seed + offset + i), px_per_mm=px_per_mm)
+        raw = np.round(s.raw * 255.0) / 255.0  # what a photo file holds
+        out.append((p.name, raw.astype(np.float32), clean, s.mask))
+    return out
+
+
+def pipeline_method(path: Path) -> Method:
+    """The whole run-time path (engine.retoucher.Retoucher) with the predicted mask, on 8-bit photos."""
+    from engine.retoucher import Retoucher
+
+    r = Retoucher.load(path, device="cpu")
+
+    def run(raws: list[np.ndarray], _masks: list[np.ndarray]) -> list[Result]:
+        out: list[Result] = []
+        for raw in raws:
+            photo = np.round(raw * 255.0).astype(np.uint8)
+            a = r.analyze(photo)
+            res = r.composite(photo, r.render(a), 1.0)
+            out.append((res.astype(np.float32) / 255.0, a.mask))
+        return out
+
+    return run
+
+
+def evaluate_face_sizes(models: dict[str, Path], clean_dirs: list[Path], widths: list[int], count: int, seed: int, offset: int = 0) -> dict[str, dict[str, dict[str, float | None]]]:
+    """One table per face width: the untouched photo and each model through the whole pipeline."""
+    tables = {}
+    for width in widths:
+        pairs = face_size_pairs(clean_dirs, width, count, seed, offset)
+        if not pairs:
+            raise SystemExit(f"no held-out portraits found in {', '.join(map(str, clean_dirs))}")
+        methods: dict[str, Method] = {"input (untouched)": lambda raws, _m: [(r, None) for r in raws]}
+        methods.update({name: pipeline_method(path) for name, path in models.items()})
+        table = _run(methods, pairs)
+        table["_meta"] = {"images": len(pairs), "face_width": width, "image_side": int(pairs[0][1].shape[0]), "seed": seed}  # type: ignore[assignment]
+        tables[str(width)] = table
+    return tables
 
 
 def _fmt(v: float | None, digits: int) -> str:
@@ -125,26 +229,39 @@ def _fmt(v: float | None, digits: int) -> str:
 def markdown(table: dict[str, dict[str, float | None]]) -> str:
     f = _fmt
     lines = [
-        "| method | PSNR (dB) | SSIM | PSNR in blemishes (dB) | Soft-IoU of mask | s / image |",
-        "|---|---|---|---|---|---|",
+        "| method | PSNR (dB) | SSIM | PSNR in blemishes (dB) | ΔE2000 in blemishes | Soft-IoU of mask | s / image |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, row in table.items():
         if name.startswith("_"):
             continue
         lines.append(
-            f"| {name} | {f(row['psnr'], 2)} | {f(row['ssim'], 4)} | {f(row['psnr_blemish'], 2)} | {f(row['soft_iou'], 3)} | {f(row['seconds_per_image'], 3)} |"
+            f"| {name} | {f(row['psnr'], 2)} | {f(row['ssim'], 4)} | {f(row['psnr_blemish'], 2)} | {f(row['delta_e_blemish'], 2)} | {f(row['soft_iou'], 3)} | {f(row['seconds_per_image'], 3)} |"
         )
     return "\n".join(lines)
 
 
 def markdown_by_kind(tables: dict[str, dict[str, dict[str, float | None]]]) -> str:
-    """One row per blemish kind and method: PSNR inside the blemishes and the mask's Soft-IoU."""
+    """One row per blemish kind and method: PSNR and colour error inside the blemishes, Soft-IoU."""
     f = _fmt
-    lines = ["| blemish kind (alone) | method | PSNR in blemishes (dB) | Soft-IoU of mask |", "|---|---|---|---|"]
+    lines = ["| blemish kind (alone) | method | PSNR in blemishes (dB) | ΔE2000 in blemishes | Soft-IoU of mask |", "|---|---|---|---|---|"]
     for kind, table in tables.items():
         for name, row in table.items():
             if not name.startswith("_"):
-                lines.append(f"| {kind} | {name} | {f(row['psnr_blemish'], 2)} | {f(row['soft_iou'], 3)} |")
+                lines.append(f"| {kind} | {name} | {f(row['psnr_blemish'], 2)} | {f(row['delta_e_blemish'], 2)} | {f(row['soft_iou'], 3)} |")
+    return "\n".join(lines)
+
+
+def markdown_face_sizes(tables: dict[str, dict[str, dict[str, float | None]]]) -> str:
+    f = _fmt
+    lines = ["| face width (px) | photo side (px) | method | PSNR (dB) | PSNR in blemishes (dB) | ΔE2000 in blemishes | Soft-IoU of mask | s / image |", "|---|---|---|---|---|---|---|---|"]
+    for width, table in tables.items():
+        side = table["_meta"]["image_side"]  # type: ignore[index]
+        for name, row in table.items():
+            if not name.startswith("_"):
+                lines.append(
+                    f"| {width} | {side} | {name} | {f(row['psnr'], 2)} | {f(row['psnr_blemish'], 2)} | {f(row['delta_e_blemish'], 2)} | {f(row['soft_iou'], 3)} | {f(row['seconds_per_image'], 2)} |"
+                )
     return "\n".join(lines)
 
 
@@ -152,21 +269,37 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    cv2.setNumThreads(max(1, args.threads or 0))
     models: dict[str, Path] = {}
     for item in args.model or [f"RetouchFormer small (bundled)={default_weights_path()}"]:
         name, _, path = item.rpartition("=")
         models[name or Path(path).stem] = Path(path)
-    table = evaluate(models, args.clean, args.count, args.seed, not args.no_baselines)
-    print(markdown(table))
-    if args.by_kind:
-        kinds = {k: evaluate(models, args.clean, args.count, args.seed, not args.no_baselines, SynthConfig.only(k)) for k in BLEMISH_KINDS}
-        print()
-        print(markdown_by_kind(kinds))
-        table["_by_kind"] = kinds  # type: ignore[assignment]
+    clean = args.clean or DEFAULT_CLEAN
+    out: dict[str, object] = {}
+    if args.face_size:
+        try:
+            widths = [int(w) for w in args.face_size.split(",") if w.strip()]
+        except ValueError:
+            raise SystemExit(f"--face-size takes whole numbers separated by commas, not {args.face_size!r}") from None
+        tables = evaluate_face_sizes(models, clean, widths, args.count, args.seed, args.offset)
+        print(markdown_face_sizes(tables))
+        out["_face_sizes"] = tables
+    else:
+        table = evaluate(models, clean, args.count, args.seed, not args.no_baselines, true_mask=args.true_mask, offset=args.offset)
+        print(markdown(table))
+        out.update(table)
+        if args.by_kind:
+            kinds = {
+                k: evaluate(models, clean, args.count, args.seed, not args.no_baselines, SynthConfig.only(k), args.true_mask, args.offset)
+                for k in BLEMISH_KINDS
+            }
+            print()
+            print(markdown_by_kind(kinds))
+            out["_by_kind"] = kinds
     if args.json:
         from engine.imageio import atomic_write_bytes
 
-        atomic_write_bytes(args.json, json.dumps(table, indent=2).encode())
+        atomic_write_bytes(args.json, json.dumps(out, indent=2).encode())
     return 0
 
 

@@ -93,3 +93,56 @@ def soft_iou(pred: np.ndarray, true: np.ndarray) -> float:
     if union <= 0.0:
         return 1.0
     return float(np.minimum(p, t).sum() / union)
+
+
+def _lab(rgb: np.ndarray) -> np.ndarray:
+    """sRGB float in [0, 1] -> CIELAB (D65; L in 0..100) as float64."""
+    return cv2.cvtColor(np.clip(np.asarray(rgb, np.float32), 0.0, 1.0), cv2.COLOR_RGB2Lab).astype(np.float64)
+
+
+def delta_e2000(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-pixel CIEDE2000 colour difference of two sRGB float images in [0, 1] (HxW)."""
+    return ciede2000(_lab(a), _lab(b))
+
+
+def ciede2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
+    """CIEDE2000 (Sharma, Wu and Dalal's formulation) of two (..., 3) CIELAB arrays."""
+    L1, a1, b1 = np.moveaxis(np.asarray(lab1, np.float64), -1, 0)
+    L2, a2, b2 = np.moveaxis(np.asarray(lab2, np.float64), -1, 0)
+    C1, C2 = np.hypot(a1, b1), np.hypot(a2, b2)
+    Cm = (C1 + C2) / 2.0
+    G = 0.5 * (1.0 - np.sqrt(Cm**7 / (Cm**7 + 25.0**7)))
+    a1p, a2p = (1.0 + G) * a1, (1.0 + G) * a2
+    C1p, C2p = np.hypot(a1p, b1), np.hypot(a2p, b2)
+    h1p = np.degrees(np.arctan2(b1, a1p)) % 360.0
+    h2p = np.degrees(np.arctan2(b2, a2p)) % 360.0
+    dLp, dCp = L2 - L1, C2p - C1p
+    dh = h2p - h1p
+    dh = np.where(dh > 180.0, dh - 360.0, np.where(dh < -180.0, dh + 360.0, dh))
+    dh = np.where(C1p * C2p == 0.0, 0.0, dh)
+    dHp = 2.0 * np.sqrt(C1p * C2p) * np.sin(np.radians(dh) / 2.0)
+    Lm, Cmp = (L1 + L2) / 2.0, (C1p + C2p) / 2.0
+    hs = h1p + h2p
+    hm = np.where(C1p * C2p == 0.0, hs, np.where(np.abs(h1p - h2p) <= 180.0, hs / 2.0, np.where(hs < 360.0, (hs + 360.0) / 2.0, (hs - 360.0) / 2.0)))
+    T = 1.0 - 0.17 * np.cos(np.radians(hm - 30)) + 0.24 * np.cos(np.radians(2 * hm)) + 0.32 * np.cos(np.radians(3 * hm + 6)) - 0.20 * np.cos(np.radians(4 * hm - 63))
+    dtheta = 30.0 * np.exp(-(((hm - 275.0) / 25.0) ** 2))
+    Rc = 2.0 * np.sqrt(Cmp**7 / (Cmp**7 + 25.0**7))
+    Sl = 1.0 + 0.015 * (Lm - 50.0) ** 2 / np.sqrt(20.0 + (Lm - 50.0) ** 2)
+    Sc = 1.0 + 0.045 * Cmp
+    Sh = 1.0 + 0.015 * Cmp * T
+    Rt = -np.sin(np.radians(2.0 * dtheta)) * Rc
+    return np.sqrt((dLp / Sl) ** 2 + (dCp / Sc) ** 2 + (dHp / Sh) ** 2 + Rt * (dCp / Sc) * (dHp / Sh))
+
+
+def mean_delta_e(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Mean CIEDE2000 difference of ``a`` and ``b`` (over ``mask`` when given, a bool HxW region)."""
+    x, y = _pair(a, b)
+    d = delta_e2000(x, y)
+    if mask is None:
+        return float(d.mean())
+    region = np.asarray(mask, bool)
+    if region.shape != d.shape:
+        raise ImageError(f"The mask has shape {region.shape}, but the images are {d.shape[1]}x{d.shape[0]}.")
+    if not region.any():
+        raise ImageError("The colour-difference region (mask) is empty.")
+    return float(d[region].mean())

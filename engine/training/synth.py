@@ -18,9 +18,10 @@ over layers). Consequently ``mask == 0`` exactly where ``raw == clean``, and
 support. Every layer's target differs from the skin beneath it by a clearly visible amount, so a
 pixel with a noticeable mask value really changed.
 
-Sizes are in units of a 256-pixel image holding a SCUT-FBP5500-like head-and-shoulders portrait
-and are scaled with the image size and the size of the detected skin region, so the same face at a
-different resolution gets the same-looking blemishes.
+Sizes are in millimetres on the face (papules and pustules 1-5 mm across, dark spots 2-6 mm, pock
+marks 1-3 mm, redness patches 1.5-5 cm, on a face about 14 cm wide) and are turned into pixels with
+the image's scale ``px_per_mm`` (from the face detector's landmarks; estimated from the skin
+region's width when not given), so a lesion has its real size whatever the photo's resolution.
 """
 from __future__ import annotations
 
@@ -31,9 +32,9 @@ import cv2
 import numpy as np
 
 from engine.errors import ImageError
-from engine.training.skin import as_float_rgb, skin_mask
+from engine.skin import as_float_rgb, skin_mask
 
-__all__ = ["BLEMISH_KINDS", "SynthConfig", "SynthSample", "synthesize", "preview_grid"]
+__all__ = ["BLEMISH_KINDS", "FACE_WIDTH_MM", "SynthConfig", "SynthSample", "estimate_px_per_mm", "synthesize", "preview_grid"]
 
 BLEMISH_KINDS = ("papules", "dark_spots", "scars", "redness", "under_eye")
 
@@ -44,7 +45,8 @@ _LIGHT = np.array([-0.6, -0.8], np.float32)
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """Parameters of the blemish synthesiser. Sizes are pixels at the 256-px reference scale.
+    """Parameters of the blemish synthesiser. Sizes are millimetres of skin (diameters, except the
+    redness radius).
 
     ``severity`` (drawn per image from Beta(``severity_beta``)) scales all counts jointly, so some
     images get a handful of blemishes and some get many. Each kind is present in an image with its
@@ -56,21 +58,21 @@ class SynthConfig:
     # Papules / pustules.
     p_papules: float = 0.85
     papules_count: tuple[int, int] = (2, 70)
-    papule_radius: tuple[float, float] = (1.2, 3.6)
+    papule_diameter_mm: tuple[float, float] = (1.0, 5.0)
     pustule_prob: float = 0.3
     highlight_prob: float = 0.35
     # Dark spots (post-inflammatory hyperpigmentation).
     p_dark_spots: float = 0.6
     dark_spots_count: tuple[int, int] = (1, 25)
-    dark_spot_radius: tuple[float, float] = (1.2, 4.5)
+    dark_spot_diameter_mm: tuple[float, float] = (2.0, 6.0)
     # Pockmarks / atrophic scars.
     p_scars: float = 0.4
     scars_count: tuple[int, int] = (1, 25)
-    scar_radius: tuple[float, float] = (1.5, 4.0)
+    scar_diameter_mm: tuple[float, float] = (1.0, 3.0)
     # Redness patches (diffuse erythema).
     p_redness: float = 0.5
     redness_count: tuple[int, int] = (1, 4)
-    redness_radius: tuple[float, float] = (10.0, 32.0)
+    redness_radius_mm: tuple[float, float] = (8.0, 25.0)
     redness_strength: tuple[float, float] = (0.3, 0.7)
     # Dark under-eye circles.
     p_under_eye: float = 0.3
@@ -330,6 +332,21 @@ def _under_eye(cv: _Canvas, rng: np.random.Generator, cfg: SynthConfig) -> int:
     return len(eyes)
 
 
+#: Width of an adult face in millimetres (the skin region's widest row, ear to ear).
+FACE_WIDTH_MM = 140.0
+
+
+def estimate_px_per_mm(skin: np.ndarray) -> float:
+    """A portrait's scale from its skin mask: the widest skin row of the upper face is taken as
+    :data:`FACE_WIDTH_MM` (a fallback; the face detector's landmarks are more precise)."""
+    core = skin > 0.5
+    if not core.any():
+        return min(skin.shape) / 256.0
+    ys = np.flatnonzero(core.any(axis=1))
+    top = core[ys[0] : ys[0] + (ys[-1] - ys[0]) // 2 + 1]
+    return max(float(top.sum(axis=1).max()), 8.0) / FACE_WIDTH_MM
+
+
 def _count(rng: np.random.Generator, p: float, lo_hi: tuple[int, int], severity: float) -> int:
     if rng.random() >= p:
         return 0
@@ -343,6 +360,7 @@ def synthesize(
     rng: np.random.Generator,
     config: SynthConfig | None = None,
     skin: np.ndarray | None = None,
+    px_per_mm: float | None = None,
 ) -> SynthSample:
     """Add random synthetic blemishes to a clean face image.
 
@@ -350,7 +368,9 @@ def synthesize(
         clean: float32 HxWx3 RGB in [0, 1] (uint8 is accepted and converted).
         rng: the random generator; the same seed gives the same output.
         config: the blemish parameters (defaults: :class:`SynthConfig`).
-        skin: an optional precomputed :func:`engine.training.skin.skin_mask` of ``clean`` (HxW in [0, 1]).
+        skin: an optional precomputed :func:`engine.skin.skin_mask` of ``clean`` (HxW in [0, 1]).
+        px_per_mm: the image's scale (pixels per millimetre of skin); None estimates it from the
+            skin region (:func:`estimate_px_per_mm`).
 
     Returns:
         A :class:`SynthSample`; ``mask`` is the exact per-pixel blend weight and is 0 off skin.
@@ -370,9 +390,9 @@ def synthesize(
     if not (skin > 0.7).any():
         return SynthSample(raw=cv.img, clean=img, mask=np.zeros((h, w), np.float32), counts=counts)
 
-    # Scale: image size relative to 256 px, adjusted by how much of the frame the skin fills.
-    skin_frac = float((skin > 0.5).mean())
-    s = (min(h, w) / 256.0) * float(np.clip(math.sqrt(skin_frac / 0.35), 0.7, 1.3))
+    s = float(px_per_mm) if px_per_mm is not None else estimate_px_per_mm(skin)
+    if not (np.isfinite(s) and s > 0):
+        raise ImageError(f"The image scale must be a positive number of pixels per millimetre, not {px_per_mm}.")
     face = math.sqrt(float((skin > 0.5).sum()))
     place = _Sampler(skin, rng, face, cfg.cluster_fraction)
     severity = float(rng.beta(*cfg.severity_beta))
@@ -380,23 +400,23 @@ def synthesize(
     # Paint order: diffuse layers first, then spots and scars, raised lesions on top.
     n = _count(rng, cfg.p_redness, cfg.redness_count, severity)
     for _ in range(n):
-        _redness(cv, rng, cfg, *place(clustered=False), rng.uniform(*cfg.redness_radius) * s)
+        _redness(cv, rng, cfg, *place(clustered=False), rng.uniform(*cfg.redness_radius_mm) * s)
     counts["redness"] = n
     if rng.random() < cfg.p_under_eye:
         counts["under_eye"] = _under_eye(cv, rng, cfg)
     n = _count(rng, cfg.p_dark_spots, cfg.dark_spots_count, severity)
     for _ in range(n):
-        _dark_spot(cv, rng, *place(), rng.uniform(*cfg.dark_spot_radius) * s)
+        _dark_spot(cv, rng, *place(), 0.5 * rng.uniform(*cfg.dark_spot_diameter_mm) * s)
     counts["dark_spots"] = n
     n = _count(rng, cfg.p_scars, cfg.scars_count, severity)
     for _ in range(n):
-        _scar(cv, rng, *place(), rng.uniform(*cfg.scar_radius) * s)
+        _scar(cv, rng, *place(), 0.5 * rng.uniform(*cfg.scar_diameter_mm) * s)
     counts["scars"] = n
     n = _count(rng, cfg.p_papules, cfg.papules_count, severity)
-    lo, hi = cfg.papule_radius
+    lo, hi = cfg.papule_diameter_mm
     for _ in range(n):
         # Small lesions are more common than large ones.
-        r = (lo + (hi - lo) * rng.random() ** 1.7) * s
+        r = 0.5 * (lo + (hi - lo) * rng.random() ** 1.7) * s
         _papule(cv, rng, cfg, *place(), r)
     counts["papules"] = n
 

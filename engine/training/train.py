@@ -46,7 +46,7 @@ from torch import nn
 from engine.training import losses
 from engine.training.data import DEFAULT_DATA, Batch, TrainingData
 from engine.errors import WeightsError
-from engine.model import ModelConfig, PixelDiscriminator, RetouchFormer, load_model, save_model
+from engine.model import ModelConfig, PixelDiscriminator, RetouchFormer, load_safetensors, save_model, transfer_weights
 from engine.model.layers import mask_to
 
 
@@ -225,11 +225,21 @@ def _initialise(model: RetouchFormer, disc: PixelDiscriminator, path: Path, cfg:
     """Load the weights of an earlier run into a new one (fresh optimisers, schedule and step)."""
     if not path.is_file():
         raise SystemExit(f"--init: {path} does not exist.")
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors":  # weights only: as far as they fit (a warm start across an architecture change)
         try:
-            model.load_state_dict(load_model(path, expected=cfg).state_dict())
+            tensors, meta = load_safetensors(path)
         except WeightsError as exc:
             raise SystemExit(f"--init: {exc}") from None
+        fresh = transfer_weights(model, tensors)
+        if json.loads(meta.get("config", "{}")).get("anchor", False) != cfg.anchor:
+            # G's output was a residual on something else: start it at zero (the classical fill, or x)
+            nn.init.zeros_(model.synthesis.out.weight)
+            nn.init.zeros_(model.synthesis.out.bias)
+            print("--init: the synthesis decoder's output layer starts at zero (anchor changed)", file=sys.stderr)
+        if len(fresh) == len(model.state_dict()):
+            raise SystemExit(f"--init: no tensor of {path.name} fits this model configuration.")
+        if fresh:
+            print(f"--init: {len(fresh)} tensors keep their fresh initialisation (e.g. {fresh[0]})", file=sys.stderr)
         return
     _load_checkpoint(path, cfg, dev, model, disc, f"--init: {path} was trained with a different model configuration.")
 
@@ -280,9 +290,9 @@ def train(args: argparse.Namespace) -> Path:
         _initialise(model, disc, Path(args.init), cfg, dev)
         if rank == 0:
             print(f"initialised from {args.init}", file=sys.stderr)
-    clean = args.clean if args.clean is not None else [DEFAULT_DATA / "faces"]
+    clean = args.clean if args.clean is not None else [DEFAULT_DATA / "faces", DEFAULT_DATA / "faces-hq"]
     raw = [] if args.no_unpaired else (args.raw if args.raw is not None else [DEFAULT_DATA / "acne-faces"])
-    data = TrainingData(cfg.image_size, args.crop, clean, args.paired, raw, args.gamma, seed=args.seed)
+    data = TrainingData(cfg.work_px_per_mm, args.crop, clean, args.paired, raw, args.gamma, seed=args.seed)
     if rank == 0:
         print(f"data: {data.describe()}  model: {model.parameter_count() / 1e6:.2f} M params  device: {dev}", file=sys.stderr)
     gstep: nn.Module = GeneratorStep(model, args)
