@@ -3,14 +3,26 @@
 Painting only ever touches the visible part of one pyramid level (at most ~2x the screen's device
 pixels), and the composed view is cached, so moving the cursor or panning never rescales the
 whole photo.
+
+Colour: the pyramids hold *display* pixels. :func:`display_converter` turns a photo with an
+embedded profile (Adobe RGB, ProPhoto RGB, Display P3...) into sRGB with Qt's QColorSpace when the
+pyramids are built (and for the re-rendered box after each correction), so the canvas never
+converts while painting, and the overlay colour, the before/after split and the strength mix all
+work on already-converted pixels. Untagged photos are sRGB; sRGB photos are shown unconverted.
+The display is taken to be sRGB: macOS colour-manages sRGB windows to the monitor; elsewhere
+this is what applications without a monitor-profile setting assume.
 """
 from __future__ import annotations
 
+import logging
 import math
+from typing import Callable
 
 import numpy as np
-from PySide6.QtCore import QPointF, QRect, QRectF, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QImage, QKeyEvent, QMouseEvent, QPainter, QPaintEvent, QPen, QWheelEvent
+from PySide6.QtCore import QByteArray, QPointF, QRect, QRectF, QSize, Qt, Signal
+from PySide6.QtGui import (
+    QColor, QColorSpace, QImage, QKeyEvent, QMouseEvent, QPainter, QPaintEvent, QPen, QWheelEvent,
+)
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from app.document import Document
@@ -19,6 +31,61 @@ from app.pyramid import level_for_scale, overlay
 from engine.compositor import mix
 
 MIN_ZOOM, MAX_ZOOM = 0.01, 32.0
+
+log = logging.getLogger(__name__)
+
+DisplayFn = Callable[[np.ndarray], np.ndarray]
+
+
+def display_converter(icc: bytes | None) -> DisplayFn | None:
+    """A function turning the photo's HxWx3 uint8/uint16 pixels (in the space of ``icc``) into
+    HxWx3 uint8 sRGB for the screen, or None when no conversion is needed (untagged, sRGB, or a
+    profile nobody can use: those are shown as sRGB, and the engine's notes say so)."""
+    from engine.colour import convert, is_srgb, srgb_profile
+
+    if not icc:
+        return None
+    try:
+        if is_srgb(icc):
+            return None
+    except ValueError:
+        return None
+    cs = QColorSpace.fromIccProfile(QByteArray(bytes(icc)))
+    target = QColorSpace(QColorSpace.NamedColorSpace.SRgb)
+    if not cs.isValid():  # a profile Qt cannot model: LittleCMS does the display conversion instead
+        log.info("Qt cannot use this colour profile; converting for display with LittleCMS")
+        srgb = srgb_profile()
+        return lambda px: _to_u8(convert(np.ascontiguousarray(px), icc, srgb))
+    return lambda px: _qt_to_srgb(px, cs, target)
+
+
+def _to_u8(px: np.ndarray) -> np.ndarray:
+    return px if px.dtype == np.uint8 else (px >> 8).astype(np.uint8)
+
+
+def _qt_to_srgb(px: np.ndarray, cs: QColorSpace, target: QColorSpace) -> np.ndarray:
+    """QColorSpace conversion in strips (16-bit sources are converted from their 16 bits)."""
+    h, w = px.shape[:2]
+    out = np.empty((h, w, 3), np.uint8)
+    step = max(1, (1 << 20) // max(1, w))
+    for y in range(0, h, step):
+        block = px[y : y + step]
+        bh = block.shape[0]
+        if block.dtype == np.uint16:
+            buf = np.empty((bh, w, 4), np.uint16)
+            buf[..., :3] = block
+            buf[..., 3] = 65535
+            img = QImage(buf.data, w, bh, w * 8, QImage.Format.Format_RGBX64)
+        else:
+            buf = np.ascontiguousarray(block)
+            img = QImage(buf.data, w, bh, w * 3, QImage.Format.Format_RGB888)
+        img.setColorSpace(cs)
+        conv = img.convertedToColorSpace(target).convertToFormat(QImage.Format.Format_RGB888)
+        stride = conv.bytesPerLine()
+        rows = np.frombuffer(conv.constBits(), np.uint8, count=stride * bh).reshape(bh, stride)
+        out[y : y + bh] = rows[:, : w * 3].reshape(bh, w, 3)
+        del img, conv, buf
+    return out
 
 
 class Canvas(QWidget):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -18,12 +18,22 @@ def sidecar_path(photo_path: Path) -> Path:
 
 
 class Document:
-    """One open photo. ``mask`` is the full-resolution editable mask (float32 in [0, 1])."""
+    """One open photo. ``mask`` is the full-resolution editable mask (float32 in [0, 1]).
 
-    def __init__(self, path: Path, photo: Any, before_levels: list[np.ndarray]) -> None:
+    ``working`` (an ``engine.colour.WorkingSpace``) is the photo as the network sees it (sRGB) and
+    the way back into the photo's own profile; ``to_display`` turns photo pixels into screen
+    pixels (None: the photo is sRGB). The display pyramids hold converted pixels.
+    """
+
+    def __init__(self, path: Path, photo: Any, before_levels: list[np.ndarray], working: Any = None,
+                 to_display: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         self.path = Path(path)
         self.photo = photo
         self.before_levels = before_levels
+        self.working = working
+        self.to_display = to_display
+        self.write_confirmed = False  # the user agreed once to Save into the original file
+        self.written_version: int | None = None  # mask_version last written into the photo itself
         self.after_levels: list[np.ndarray] | None = None
         self.analysis: Any = None
         self.predicted: np.ndarray | None = None
@@ -54,9 +64,19 @@ class Document:
         return self.mask is not None
 
     @property
+    def network_image(self) -> np.ndarray:
+        """What the model analyses: the photo in sRGB (the photo itself when it is sRGB)."""
+        return self.working.image if self.working is not None else self.photo.pixels
+
+    def to_photo(self, correction: Any) -> Any:
+        """A correction rendered on :attr:`network_image`, as a correction of the photo's own pixels."""
+        return self.working.to_photo(correction) if self.working is not None else correction
+
+    @property
     def dirty(self) -> bool:
-        """True when the mask differs from the last saved/restored sidecar (or the prediction)."""
-        return self.mask is not None and self.mask_version != self.saved_version
+        """True when the mask has edits that are neither in the sidecar nor written into the photo
+        (Save): the last saved/restored sidecar, or the prediction, or the last in-place save."""
+        return self.mask is not None and self.mask_version not in (self.saved_version, self.written_version)
 
     @property
     def edited(self) -> bool:

@@ -1,5 +1,7 @@
-"""Entry point: ``retouch-studio [PHOTO]`` opens the app; ``retouch-studio --self-test`` checks the
-installation headless (model loads, a generated portrait is retouched inside the mask only)."""
+"""Entry point: ``retouch-studio [PHOTO]`` opens the app (this is also how a catalogue program's
+"Edit in" starts it: Save, Ctrl+S, then writes the retouch back into PHOTO); ``retouch-studio
+--self-test`` checks the installation headless (model loads, a generated portrait is retouched
+inside the mask only)."""
 from __future__ import annotations
 
 import argparse
@@ -212,6 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     apply_theme(app)
     w = MainWindow()
     w.show()
+    install_file_open_handler(app, w)
     if args.photo:
         w.open_photo(args.photo)
     shot = os.environ.get(SCREENSHOT_ENV)
@@ -220,6 +223,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quit_when_ready:
         _quit_when_ready(w, started)
     return app.exec()
+
+
+def install_file_open_handler(app, window):
+    """Open the files macOS hands over with an "open document" event (Lightroom's and Capture One's
+    "Edit in" on a Mac send the file that way, not on the command line; Windows and Linux pass it
+    as the PHOTO argument). Returns the event filter (kept alive by the application)."""
+    from PySide6.QtCore import QEvent, QObject
+
+    class _FileOpen(QObject):
+        def eventFilter(self, obj, ev) -> bool:  # noqa: N802 - Qt API
+            if ev.type() == QEvent.Type.FileOpen:
+                path = ev.file() or ev.url().toLocalFile()
+                if path:
+                    window.open_photo(path)
+                    return True
+            return False
+
+    handler = _FileOpen(app)
+    app.installEventFilter(handler)
+    return handler
 
 
 def _quit_when_ready(window, started: float) -> None:

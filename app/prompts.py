@@ -9,8 +9,19 @@ from PySide6.QtWidgets import QColorDialog, QFileDialog, QMessageBox, QWidget
 
 log = logging.getLogger(__name__)
 
-PHOTO_FILTER = "Photos (*.jpg *.jpeg *.png *.tif *.tiff *.webp *.bmp);;All files (*)"
-EXPORT_FILTERS = {"jpeg": "JPEG (*.jpg *.jpeg)", "png": "PNG (*.png)", "tiff": "TIFF (*.tif *.tiff)"}
+def _photo_filter() -> str:
+    from engine.imageio import RAW_SUFFIXES, WRITABLE_SUFFIXES
+
+    def pats(suffixes) -> str:
+        return " ".join(f"*{x}" for x in sorted(suffixes)) + " " + " ".join(f"*{x.upper()}" for x in sorted(suffixes))
+
+    return (f"Photos ({pats(WRITABLE_SUFFIXES | RAW_SUFFIXES)});;Camera RAW ({pats(RAW_SUFFIXES)});;"
+            "All files (*)")
+
+
+PHOTO_FILTER = _photo_filter()
+EXPORT_FILTERS = {"jpeg": "JPEG (*.jpg *.jpeg)", "png": "PNG (*.png)", "tiff": "TIFF (*.tif *.tiff)",
+                  "webp": "WebP (*.webp)", "heif": "HEIF (*.heic *.heif)", "avif": "AVIF (*.avif)"}
 
 
 class Prompter:

@@ -5,6 +5,8 @@ size and area-averaged), so painting at any zoom reads a level at most 2x larger
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import cv2
 import numpy as np
 
@@ -92,10 +94,12 @@ def changed_rect(a: np.ndarray, b: np.ndarray) -> Rect | None:
 
 
 def after_pyramid(before_levels: list[np.ndarray], image: np.ndarray, after: np.ndarray,
-                  boxes: list[Rect] | None = None) -> list[np.ndarray]:
+                  boxes: list[Rect] | None = None,
+                  to_display: Callable[[np.ndarray], np.ndarray] | None = None) -> list[np.ndarray]:
     """Display pyramid of ``after`` built from the ``before`` pyramid, recomputing only the box
     where ``after`` differs from ``image`` (a face correction touches a small part of a 24 MP photo).
-    ``boxes``: where the two may differ, if known (saves comparing the whole photo)."""
+    ``boxes``: where the two may differ, if known (saves comparing the whole photo).
+    ``to_display``: the photo's colour conversion for the screen (None: the photo is sRGB)."""
     if boxes is not None:
         rect = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
                 max(b[3] for b in boxes)) if boxes else None
@@ -104,11 +108,11 @@ def after_pyramid(before_levels: list[np.ndarray], image: np.ndarray, after: np.
     if rect is None:
         return list(before_levels)
     x0, y0, x1, y1 = rect
-    if after.dtype == np.uint8 and after.ndim == 3 and after.shape[2] == 3:
+    if to_display is None and after.dtype == np.uint8 and after.ndim == 3 and after.shape[2] == 3:
         level0 = np.ascontiguousarray(after)
     else:
         level0 = before_levels[0].copy()
-        level0[y0:y1, x0:x1] = to_display_u8(after[y0:y1, x0:x1])
+        level0[y0:y1, x0:x1] = (to_display or to_display_u8)(after[y0:y1, x0:x1])
     levels = [level0] + [lv.copy() for lv in before_levels[1:]]
     update_pyramid(levels, rect)
     return levels

@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (
     QProgressBar, QPushButton, QScrollArea, QSlider, QSpinBox, QSplitter, QToolButton, QVBoxLayout, QWidget,
 )
 
-from app.canvas import Canvas
+from app.canvas import Canvas, display_converter
 from app.document import Document, sidecar_path
 from app.logs import log_file
 from app.maskedit import Brush
@@ -28,8 +28,9 @@ from engine.errors import ImageError, RetouchError
 
 log = logging.getLogger(__name__)
 
-FORMAT_LABELS = {"keep": "Same as original", "jpeg": "JPEG", "png": "PNG", "tiff": "TIFF"}
-EXTENSIONS = {"jpeg": ".jpg", "png": ".png", "tiff": ".tif"}
+FORMAT_LABELS = {"keep": "Same as original", "jpeg": "JPEG", "png": "PNG", "tiff": "TIFF", "heif": "HEIF (HEIC)",
+                 "avif": "AVIF"}
+EXTENSIONS = {"jpeg": ".jpg", "png": ".png", "tiff": ".tif", "webp": ".webp", "heif": ".heic", "avif": ".avif"}
 
 
 def load_retoucher(device: str) -> Any:
@@ -48,7 +49,7 @@ def describe_error(exc: BaseException) -> str:
 
 def normalise_format(fmt: str | None) -> str:
     f = (fmt or "").lower().lstrip(".")
-    return {"jpg": "jpeg", "tif": "tiff"}.get(f, f)
+    return {"jpg": "jpeg", "tif": "tiff", "heic": "heif", "hif": "heif"}.get(f, f)
 
 
 class MainWindow(QMainWindow):
@@ -75,6 +76,7 @@ class MainWindow(QMainWindow):
         self._open_gen = 0
         self._open_job: Job | None = None
         self.last_export: Path | None = None
+        self.last_save: Path | None = None
         self.batch_dialog: Any = None
         self.runner = JobRunner(self)
         self.queue = ModelQueue(self.runner)
@@ -117,9 +119,12 @@ class MainWindow(QMainWindow):
 
         A = self._action
         self.act_open = A("&Open…", "mdi6.folder-open", lambda: self.open_photo(), QKeySequence.StandardKey.Open)
-        self.act_save_mask = A("&Save mask", "mdi6.content-save", lambda: self.save_sidecar(background=True),
-                               QKeySequence.StandardKey.Save,
-                               tip="Save the edited mask beside the photo")
+        self.act_save = A("&Save", "mdi6.content-save", self.save_to_original, QKeySequence.StandardKey.Save,
+                          tip="Write the retouched photo back into its file (asks once): for \"Edit in\" from a catalogue")
+        self.act_save_as = A("Save &as…", "mdi6.content-save-edit", lambda: self.export(), "Ctrl+Shift+S",
+                             tip="Save the retouched photo as a new file")
+        self.act_save_mask = A("Save &mask", "mdi6.content-save-cog", lambda: self.save_sidecar(background=True),
+                               "Ctrl+Alt+S", tip="Save the edited mask beside the photo")
         self.act_export = A("&Export…", "mdi6.export", lambda: self.export(), "Ctrl+E")
         self.act_batch = A("&Batch export…", "mdi6.folder-multiple-image", self.show_batch, "Ctrl+B")
         self.act_prefs = A("&Preferences…", "mdi6.cog", self.show_preferences, QKeySequence.StandardKey.Preferences)
@@ -147,7 +152,7 @@ class MainWindow(QMainWindow):
         m.addAction(self.act_open)
         self.recent_menu = m.addMenu(self._icon("mdi6.history"), "Open &recent")
         m.addSeparator()
-        for a in (self.act_save_mask, self.act_export, self.act_batch):
+        for a in (self.act_save, self.act_save_as, self.act_export, self.act_save_mask, self.act_batch):
             m.addAction(a)
         m.addSeparator()
         m.addAction(self.act_prefs)
@@ -169,7 +174,7 @@ class MainWindow(QMainWindow):
         tb.setObjectName("mainToolBar")
         tb.setMovable(False)
         tb.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonIconOnly)
-        for a in (self.act_open, self.act_save_mask, self.act_export, self.act_batch, None, self.act_undo, self.act_redo,
+        for a in (self.act_open, self.act_save, self.act_save_mask, self.act_export, self.act_batch, None, self.act_undo, self.act_redo,
                   self.act_reset, None, self.act_add, self.act_erase, self.act_hand, None, self.act_fit, self.act_100,
                   self.act_overlay, self.act_split, None, self.act_cancel):
             tb.addSeparator() if a is None else tb.addAction(a)
@@ -232,6 +237,25 @@ class MainWindow(QMainWindow):
         row.addWidget(self.strength_value)
         f.addRow("Strength", row)
         self.strength_slider.valueChanged.connect(self._on_strength)
+        self.blemish_spin = QSpinBox()
+        self.blemish_spin.setObjectName("blemishSizeSpin")
+        self.blemish_spin.setRange(1, 2000)
+        self.blemish_spin.setSuffix(" px")
+        self.blemish_spin.setToolTip(
+            "Diameter of a typical blemish (about 3 mm of skin) in photo pixels: sets the scale the model\n"
+            "works at. Auto takes it from the faces found; set it by hand for photos without a face\n"
+            "(a close-up of skin, a shoulder) or when the automatic scale misses spots."
+        )
+        self.blemish_spin.setEnabled(False)
+        self.blemish_spin.editingFinished.connect(self._on_blemish_size)
+        self.blemish_auto = QCheckBox("Auto")
+        self.blemish_auto.setObjectName("blemishAutoCheck")
+        self.blemish_auto.setChecked(True)
+        self.blemish_auto.toggled.connect(self._on_blemish_auto)
+        row = QHBoxLayout()
+        row.addWidget(self.blemish_spin, 1)
+        row.addWidget(self.blemish_auto)
+        f.addRow("Blemish size", row)
         lay.addWidget(g)
 
         g = QGroupBox("Mask")
@@ -291,7 +315,8 @@ class MainWindow(QMainWindow):
         self.quality_spin.setRange(1, 100)
         self.quality_spin.valueChanged.connect(lambda v: setattr(self.prefs, "export_quality", int(v)))
         f.addRow("JPEG quality", self.quality_spin)
-        self.metadata_check = QCheckBox("Keep EXIF and colour profile")
+        self.metadata_check = QCheckBox("Keep metadata (EXIF, IPTC, XMP)")
+        self.metadata_check.setToolTip("The colour profile is always embedded: the pixels are in its colour space.")
         self.metadata_check.setObjectName("keepMetadataCheck")
         self.metadata_check.setChecked(True)
         f.addRow(self.metadata_check)
@@ -362,6 +387,8 @@ class MainWindow(QMainWindow):
         self.act_redo.setEnabled(has_mask and doc.history.can_redo())
         self.act_reset.setEnabled(has_mask)
         self.act_save_mask.setEnabled(has_mask)
+        self.act_save.setEnabled(has_mask)
+        self.act_save_as.setEnabled(has_mask)
         self.act_export.setEnabled(has_mask)
         self.export_button.setEnabled(has_mask)
         title = "RetouchFormer Studio"
@@ -450,14 +477,18 @@ class MainWindow(QMainWindow):
             self._open_job.cancel()
 
         def work(cancel: Callable[[], bool], progress: Callable[[float, str], None]) -> dict:
+            from engine.colour import WorkingSpace
             from engine.imageio import load_image, load_mask
 
             progress(0.1, f"Reading {path.name}…")
             photo = load_image(path)
             if cancel():
                 return {}
-            progress(0.6, "Building the preview…")
-            levels = build_pyramid(to_display_u8(photo.pixels))
+            progress(0.5, "Converting colours…")
+            working = WorkingSpace.of(photo.pixels, photo.icc_profile)  # what the network sees: sRGB
+            to_display = display_converter(photo.icc_profile)  # what the screen shows: sRGB
+            progress(0.7, "Building the preview…")
+            levels = build_pyramid(to_display(photo.pixels) if to_display else to_display_u8(photo.pixels))
             restored, warning = None, None
             side = sidecar_path(path)
             if side.exists():
@@ -465,7 +496,8 @@ class MainWindow(QMainWindow):
                     restored = np.asarray(load_mask(side, photo.pixels.shape[:2]), np.float32)
                 except ImageError as exc:
                     warning = f"The saved mask was ignored: {exc}"
-            return {"photo": photo, "levels": levels, "restored": restored, "warning": warning}
+            return {"photo": photo, "levels": levels, "restored": restored, "warning": warning, "working": working,
+                    "to_display": to_display}
 
         def done(res: dict, secs: float) -> None:
             self._open_job = None
@@ -485,7 +517,7 @@ class MainWindow(QMainWindow):
 
     def _install_document(self, path: Path, res: dict, secs: float) -> None:
         self.queue.cancel()  # anything for the previous photo is stale (the model load is kept)
-        doc = Document(path, res["photo"], res["levels"])
+        doc = Document(path, res["photo"], res["levels"], res.get("working"), res.get("to_display"))
         self.doc = doc
         self._restored_mask = res["restored"]
         self.canvas.set_document(doc)
@@ -495,7 +527,12 @@ class MainWindow(QMainWindow):
         self._rebuild_recent_menu()
         h, w = doc.height, doc.width
         depth = getattr(doc.photo, "bit_depth", 8)
-        self.info_label.setText(f"{path.name}\n{w} × {h} px ({w * h / 1e6:.1f} MP), {depth}-bit")
+        from engine.colour import describe_profile
+
+        notes = list(getattr(doc.photo, "notes", [])) + list(getattr(doc.working, "notes", []))
+        self.info_label.setText(f"{path.name}\n{w} × {h} px ({w * h / 1e6:.1f} MP), {depth}-bit, "
+                                f"{describe_profile(getattr(doc.photo, 'icc_profile', None))}"
+                                + "".join(f"\n{n}" for n in notes))
         self.set_status(f"Opened {path.name} in {secs:.2f} s")
         if res["warning"]:
             self.prompter.error("Saved mask ignored", res["warning"])
@@ -514,8 +551,10 @@ class MainWindow(QMainWindow):
                 self.set_status("The model is not loaded; choose a device in Preferences and try again.")
                 return None
 
+            blemish = self.blemish_size()
+
             def work(cancel, progress):
-                return r.analyze(doc.image, cancel=cancel, progress=progress)
+                return r.analyze(doc.network_image, blemish_size=blemish, cancel=cancel, progress=progress)
 
             return self._job("Finding faces and predicting the mask", work,
                              lambda a, secs: self._on_analysis(doc, a, secs), "Analysis failed")
@@ -526,7 +565,14 @@ class MainWindow(QMainWindow):
         if doc is not self.doc:
             return
         restored, self._restored_mask = self._restored_mask, None
+        if restored is None and doc.edited:  # a new scale: keep the user's edits over the new prediction
+            edits = np.abs(doc.mask - doc.predicted) > 1.0 / 255.0
+            restored = np.where(edits, doc.mask, np.asarray(analysis.mask, np.float32))
         doc.set_analysis(analysis, restored)
+        if self.blemish_auto.isChecked():
+            self.blemish_spin.blockSignals(True)
+            self.blemish_spin.setValue(max(1, round(float(analysis.blemish_size))))
+            self.blemish_spin.blockSignals(False)
         self.canvas.invalidate()
         msg = getattr(analysis, "message", "") or "Mask predicted"
         extra = ""
@@ -536,6 +582,30 @@ class MainWindow(QMainWindow):
         self.set_status(f"{msg} ({secs:.1f} s).{extra}")
         self._update_actions()
         self.request_render()
+
+    def blemish_size(self) -> float | None:
+        """The blemish size the user set (photo px), or None for automatic (from the faces)."""
+        return None if self.blemish_auto.isChecked() else float(self.blemish_spin.value())
+
+    def set_blemish_size(self, px: float | None) -> None:
+        """Set the blemish size (None: automatic) and analyse the photo again at that scale."""
+        self.blemish_auto.blockSignals(True)
+        self.blemish_auto.setChecked(px is None)
+        self.blemish_auto.blockSignals(False)
+        self.blemish_spin.setEnabled(px is not None)
+        if px is not None:
+            self.blemish_spin.setValue(max(1, round(px)))
+        if self.doc is not None:
+            self._request_analysis()
+
+    def _on_blemish_auto(self, on: bool) -> None:
+        self.set_blemish_size(None if on else float(self.blemish_spin.value()))
+
+    def _on_blemish_size(self) -> None:
+        a = self.doc.analysis if self.doc is not None else None
+        if self.blemish_auto.isChecked() or (a is not None and round(a.blemish_size) == self.blemish_spin.value()):
+            return  # nothing new to analyse
+        self.set_blemish_size(float(self.blemish_spin.value()))
 
     def request_render(self) -> None:
         """Re-run the transformer for the current mask. Coalesced: only the latest request is rendered next."""
@@ -553,14 +623,14 @@ class MainWindow(QMainWindow):
             image, analysis, before_levels = doc.image, doc.analysis, doc.before_levels
 
             def work(cancel, progress):
-                c = r.render(analysis, mask, cancel=cancel)
+                c = doc.to_photo(r.render(analysis, mask, cancel=cancel))
                 if cancel():
                     return None
                 progress(0.8, "Compositing the preview…")
                 after = r.composite(image, c, 1.0)
                 patches = getattr(c, "patches", None)  # engine.compositor.Correction: disjoint boxes
                 boxes = [tuple(p.box) for p in patches] if patches is not None else None
-                return c, after_pyramid(before_levels, image, after, boxes)
+                return c, after_pyramid(before_levels, image, after, boxes, doc.to_display)
 
             return self._job("Rendering the correction", work,
                              lambda res, secs: self._on_render(doc, version, res, secs), "Rendering failed")
@@ -685,6 +755,7 @@ class MainWindow(QMainWindow):
 
     # ================================================================== export
     def export(self, path: str | Path | None = None) -> None:
+        """Save as / Export: write the retouched photo to a new file (asks before replacing one)."""
         doc = self.doc
         if doc is None or doc.analysis is None:
             self.show_error("Nothing to export", "Open a photo and wait for its mask before exporting.")
@@ -692,8 +763,8 @@ class MainWindow(QMainWindow):
         fmt = self.format_combo.currentData()
         src_fmt = normalise_format(getattr(doc.photo, "format", None) or doc.path.suffix)
         fmt = src_fmt if fmt == "keep" else fmt
-        if fmt not in EXTENSIONS:
-            fmt = "png" if getattr(doc.photo, "bit_depth", 8) > 8 else "jpeg"
+        if fmt not in EXTENSIONS:  # camera RAW (cannot be written) and anything unknown
+            fmt = "tiff" if getattr(doc.photo, "bit_depth", 8) > 8 else "jpeg"
         if path is None:
             suggested = doc.path.with_name(f"{doc.path.stem}_retouched{EXTENSIONS[fmt]}")
             path = self.prompter.save_photo(str(suggested), fmt)
@@ -713,8 +784,65 @@ class MainWindow(QMainWindow):
             return
         quality = self.quality_spin.value()
         keep_meta = self.metadata_check.isChecked()
+        photo = doc.photo
+
+        def write(out: np.ndarray) -> Path:
+            from engine.imageio import save_image
+
+            # The colour profile is always embedded: the pixels are in its colour space.
+            return save_image(path, out, metadata=photo.metadata if keep_meta else None, icc_profile=photo.icc_profile,
+                              alpha=photo.alpha, quality=quality, format=fmt, protect=protect)
+
+        if doc.dirty:
+            self.save_sidecar(background=True)
+        self._write_retouched(doc, f"Exporting {path.name}", write, self._on_exported, "Export failed")
+
+    def save_to_original(self) -> None:
+        """Save (Ctrl+S): write the retouched photo back into the file it was opened from, in its
+        own format, bit depth, colour profile and metadata, atomically. The first time for a photo
+        it asks; a catalogue program that opened this file ("Edit in") then picks up the change."""
+        doc = self.doc
+        if doc is None or doc.analysis is None:
+            self.show_error("Nothing to save", "Open a photo and wait for its mask before saving.")
+            return
+        photo = doc.photo
+        if getattr(photo, "is_raw", False):
+            self.show_error("Cannot save into a RAW file",
+                            f"{doc.path.name} is a camera RAW file, which cannot be written; use Export (Ctrl+E) "
+                            "to save the retouched photo as a 16-bit TIFF.")
+            return
+        if not doc.write_confirmed:
+            if not self.prompter.confirm(
+                    "Save into the original?",
+                    f"Replace the pixels of {doc.path.name} with the retouched photo? Its format, bit depth, colour "
+                    "profile and metadata are kept, so the program that opened it (Lightroom, darktable, Capture One) "
+                    "picks up the change. This cannot be undone."):
+                return
+            doc.write_confirmed = True
+        quality = self.quality_spin.value()
+        version = doc.mask_version
+
+        def write(out: np.ndarray) -> Path:
+            from engine.imageio import save_in_place
+
+            return save_in_place(photo, out, quality=quality)
+
+        def done(path: Path | None, secs: float) -> None:
+            if path is None:
+                return
+            doc.written_version = version
+            self.last_save = Path(path)
+            self.set_status(f"Saved the retouched photo into {Path(path).name} in {secs:.1f} s")
+            self._update_actions()
+
+        self._write_retouched(doc, f"Saving {doc.path.name}", write, done, "Could not save the photo")
+
+    def _write_retouched(self, doc: Document, name: str, write: Callable[[np.ndarray], Path],
+                         on_done: Callable[[Any, float], None], error_title: str) -> None:
+        """Render (if the mask changed since the preview), composite at the current strength at full
+        resolution in the photo's own colour space, and ``write`` the result, in the model queue."""
         strength = self.strength_slider.value() / 100.0
-        photo, image, analysis = doc.photo, doc.image, doc.analysis
+        image, analysis = doc.image, doc.analysis
         need_render = doc.correction is None or doc.rendered_version != doc.mask_version
         correction = doc.correction
         mask = doc.mask.copy() if (need_render and doc.edited) else None
@@ -722,27 +850,20 @@ class MainWindow(QMainWindow):
         def make() -> Job | None:
             r = self.retoucher
             if r is None:
-                self.show_error("Export failed", "The model is not loaded.")
+                self.show_error(error_title, "The model is not loaded.")
                 return None
 
             def work(cancel, progress):
-                from engine.imageio import save_image
-
-                c = r.render(analysis, mask, cancel=cancel) if need_render else correction
+                c = doc.to_photo(r.render(analysis, mask, cancel=cancel)) if need_render else correction
                 progress(0.5, "Compositing at full resolution…")
                 out = r.composite(image, c, strength)
                 if cancel():
                     return None
-                progress(0.8, f"Writing {path.name}…")
-                save_image(path, out, exif=photo.exif if keep_meta else None,
-                           icc_profile=photo.icc_profile if keep_meta else None, alpha=photo.alpha,
-                           quality=quality, format=fmt, protect=protect)
-                return path
+                progress(0.8, f"{name}…")
+                return write(out)
 
-            return self._job(f"Exporting {path.name}", work, self._on_exported, "Export failed")
+            return self._job(name, work, on_done, error_title)
 
-        if doc.dirty:
-            self.save_sidecar(background=True)
         self.queue.submit("export", make)
 
     def _on_exported(self, path: Path | None, secs: float) -> None:
