@@ -72,6 +72,28 @@ EXCLUDED_MODULES: list[str] = [f"PySide6.{m}" for m in _QT_UNUSED] + [
     "setuptools", "pip", "pytest", "_pytest", "pytestqt",
 ]
 
+#: Packages whose every submodule goes into the bundle: the app and engine import some modules
+#: lazily, imagecodecs loads each codec module (``imagecodecs._zlib``, ``._cms``...) by name when
+#: tifffile or engine.colour first asks for it, and python-exiv2 splits into extension modules.
+SUBMODULE_PACKAGES = ["app", "engine", "imagecodecs", "exiv2"]
+#: Imaging modules PyInstaller's import scan might miss: imported inside functions (RAW, HEIF and
+#: TIFF are decoded on demand) or found by Pillow at run time (its AVIF plugin).
+IMAGING_HIDDEN_IMPORTS = [
+    "exiv2", "rawpy", "rawpy._rawpy", "pillow_heif", "pillow_heif.HeifImagePlugin", "tifffile", "imagecodecs",
+    "PIL.AvifImagePlugin",
+]
+#: Their native libraries (LibRaw, libheif + libde265 + x265, libexiv2, LittleCMS and the codecs)
+#: sit in ``<package>.libs`` / ``<package>/.dylibs`` / DLL folders next to the extension modules
+#: and are found by PyInstaller's binary dependency analysis of those modules.
+
+#: File types the macOS app declares, so Finder's "Open With" and the catalogues' "Edit in"
+#: (Lightroom Classic, Capture One) can hand it a photo (the app opens it from the FileOpen event).
+DOCUMENT_TYPES = [
+    {"CFBundleTypeName": "Photo", "CFBundleTypeRole": "Editor", "LSHandlerRank": "Alternate",
+     "LSItemContentTypes": ["public.tiff", "public.jpeg", "public.png", "public.heic", "public.heif",
+                            "public.avif", "org.webmproject.webp", "public.camera-raw-image", "com.adobe.raw-image"]},
+]
+
 #: Bundle-relative paths (``fnmatch`` patterns, ``/`` separators) of files that are dead weight in
 #: every variant: headers, static libraries, CMake files, test libraries, other Qt's pieces.
 _DEAD_WEIGHT = [
