@@ -105,7 +105,7 @@ def test_init_starts_a_new_run_from_earlier_weights(dataset, tmp_path) -> None:
         train(_args(dataset, tmp_path / "missing", 1, "--init", str(tmp_path / "nope.safetensors")))
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes((first / "last.pt").read_bytes()[:1000])
-    with pytest.raises(SystemExit, match="not a readable training checkpoint"):
+    with pytest.raises(SystemExit, match="not a readable training state"):
         train(_args(dataset, tmp_path / "cut", 1, "--init", str(truncated)))
 
 
@@ -188,3 +188,53 @@ def test_perceptual_feature_space_sees_texture_not_just_colour() -> None:
     assert perceptual(y, y) == 0
     # a smeared image is far in V even though its L1 error is similar to a small colour shift
     assert perceptual(y, blurred) > 10 * perceptual(y, shifted)
+
+
+def test_committed_state_resumes_exactly_and_is_compact(dataset, tmp_path) -> None:
+    """A run with --state writes the compact state at every checkpoint; a new run directory (a
+    new session) resumes from it and ends where an uninterrupted run ends (up to the float16
+    rounding of the committed weights)."""
+    from engine.training.state import load_state
+
+    state = tmp_path / "state.pt"
+    train(_args(dataset, tmp_path / "first", 4, "--stop-at", "2", "--state", str(state)))
+    saved = torch.load(state, weights_only=False)
+    assert saved["compact"] and saved["step"] == 2
+    assert all(t.dtype == torch.float16 for t in saved["model"].values() if t.is_floating_point())
+    moments = [v for s in saved["opt_g"]["state"].values() for k, v in s.items() if k != "step"]
+    assert moments and all(t.dtype == torch.bfloat16 for t in moments)
+    assert saved["history"][-1]["to_step"] == 2
+    full = load_state(tmp_path / "first" / "last.pt")
+    assert state.stat().st_size < 0.7 * (tmp_path / "first" / "last.pt").stat().st_size
+    # the next session: a fresh run directory, the committed state
+    train(_args(dataset, tmp_path / "second", 4, "--state", str(state)))
+    resumed = load_model(tmp_path / "second" / "model.safetensors")
+    train(_args(dataset, tmp_path / "straight", 4))
+    straight = load_model(tmp_path / "straight" / "model.safetensors")
+    for (name, a), b in zip(resumed.state_dict().items(), straight.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=5e-3, rtol=5e-3, msg=name)
+    assert [h["to_step"] for h in torch.load(state, weights_only=False)["history"]] == [2, 4]
+    assert full["step"] == 2
+
+
+def test_init_across_the_anchor_change(dataset, tmp_path) -> None:
+    """Weights of a model without the anchored fill warm-start one with it: matching tensors are
+    copied, the last skip gains zero-weighted input channels, and G's output starts at zero (the
+    network returns the classical fill until it has learnt something)."""
+    from engine.model import RetouchFormer, save_model
+
+    torch.manual_seed(1)
+    old = RetouchFormer(ModelConfig.preset("tiny", anchor=False))
+    with torch.no_grad():
+        old.synthesis.out.weight.normal_(0, 0.1)
+    save_model(old, tmp_path / "old.safetensors")
+    run = tmp_path / "new"
+    train(_args(dataset, run, 1, "--init", str(tmp_path / "old.safetensors"), "--lr", "0"))
+    new = load_model(run / "model.safetensors").state_dict()
+    before = old.state_dict()
+    assert torch.equal(new["encoder.stem.0.weight"], before["encoder.stem.0.weight"])
+    skip = "synthesis.skips.2.0.weight"
+    c_old = before[skip].shape[1]
+    assert new[skip].shape[1] == c_old + 3
+    assert torch.equal(new[skip][:, :c_old], before[skip]) and not new[skip][:, c_old:].any()
+    assert not new["synthesis.out.weight"].any() and not new["synthesis.out.bias"].any()

@@ -45,6 +45,7 @@ from torch import nn
 
 from engine.training import losses
 from engine.training.data import DEFAULT_DATA, Batch, TrainingData
+from engine.training.state import load_state, save_state
 from engine.errors import WeightsError
 from engine.model import ModelConfig, PixelDiscriminator, RetouchFormer, load_safetensors, save_model, transfer_weights
 from engine.model.layers import mask_to
@@ -73,6 +74,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--conf", type=float, default=1.0, help="weight of the binary confidence term of L_H on paired data")
     p.add_argument("--only", choices=["all", "mask"], default="all", help="'mask': a refinement stage that trains only the mask net H (and H̄ by EMA); the rest stays frozen")
     p.add_argument("--init", type=Path, help="start a new run from these weights (model .safetensors, or a run's last.pt for the discriminator too)")
+    p.add_argument("--state", type=Path, help="the committed training state (e.g. resources/training/state.pt): resumed from when the run has no last.pt yet, rewritten (compact) at every checkpoint")
     p.add_argument("--fill-outside", type=float, default=0.0, help="L1 weight of the raw synthesis against y outside the blemishes (robustness to masks that are too wide)")
     p.add_argument("--adv", type=float, default=0.05, help="weight of the adversarial term for the generator")
     p.add_argument("--adv-start", type=int, default=1000, help="step at which the adversarial terms start")
@@ -208,12 +210,7 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 def _load_checkpoint(path: Path, cfg: ModelConfig, dev: torch.device, model: RetouchFormer, disc: PixelDiscriminator, refusal: str) -> dict[str, Any]:
     """Load a run's last.pt into ``model`` and ``disc`` (same configuration only); returns the whole state."""
-    try:
-        state = torch.load(path, map_location=dev, weights_only=False)
-    except Exception as exc:  # truncated or not a torch file at all
-        raise SystemExit(f"{path} is not a readable training checkpoint (last.pt): {type(exc).__name__}.") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise SystemExit(f"{path} is neither a model .safetensors file nor a training checkpoint (last.pt).")
+    state = load_state(path)  # on the CPU: the optimisers move their state to the parameters, the RNG state must stay there
     if state.get("config") != cfg.to_dict():
         raise SystemExit(refusal)
     model.load_state_dict(state["model"])
@@ -272,9 +269,12 @@ def train(args: argparse.Namespace) -> Path:
     rng = np.random.default_rng(args.seed + 1000 * rank)
     step = 0
     ckpt = run / "last.pt"
-    if ckpt.exists():
-        refusal = f"{ckpt} was trained with a different model configuration; use a new --run directory."
-        state = _load_checkpoint(ckpt, cfg, dev, model, disc, refusal)
+    history: list[dict[str, Any]] = []
+    source = ckpt if ckpt.exists() else (args.state if args.state is not None and args.state.exists() else None)
+    if source is not None:
+        refusal = f"{source} was trained with a different model configuration; use a new --run directory (or another --state)."
+        state = _load_checkpoint(source, cfg, dev, model, disc, refusal)
+        history = list(state.get("history", []))
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
         sched_g.load_state_dict(state["sched_g"])
@@ -285,7 +285,7 @@ def train(args: argparse.Namespace) -> Path:
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["py_rng"])
         if rank == 0:
-            print(f"resumed from {ckpt} at step {step}", file=sys.stderr)
+            print(f"resumed from {source} at step {step}", file=sys.stderr)
     elif args.init is not None:
         _initialise(model, disc, Path(args.init), cfg, dev)
         if rank == 0:
@@ -303,6 +303,9 @@ def train(args: argparse.Namespace) -> Path:
         dstep = nn.parallel.DistributedDataParallel(disc, device_ids=ids)
     log = open(run / "log.jsonl", "a", encoding="utf-8") if rank == 0 else None
     started, start_step = time.time(), step
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    segment = {"date": time.strftime("%Y-%m-%d"), "from_step": step, "to_step": step, "hours": 0.0, "device": where, "crop": args.crop, "batch": args.batch}
+    history.append(segment)
     batches = data.batches(args.batch, 0 if args.no_unpaired else args.unpaired_batch, rng)
     model.train()
     while step < args.steps:
@@ -367,22 +370,24 @@ def train(args: argparse.Namespace) -> Path:
                 (run / "grids").mkdir(exist_ok=True)
                 _grid(run / "grids" / f"step{step:07d}.png", batch, out)
             if step % args.ckpt_every == 0 or step == args.steps or stop:
-                _atomic_torch_save(
-                    {
-                        "config": cfg.to_dict(),
-                        "model": model.state_dict(),
-                        "disc": disc.state_dict(),
-                        "opt_g": opt_g.state_dict(),
-                        "opt_d": opt_d.state_dict(),
-                        "sched_g": sched_g.state_dict(),
-                        "sched_d": sched_d.state_dict(),
-                        "step": step,
-                        "np_rng": rng.bit_generator.state,
-                        "torch_rng": torch.get_rng_state(),
-                        "py_rng": random.getstate(),
-                    },
-                    ckpt,
-                )
+                segment.update(to_step=step, hours=round((time.time() - started) / 3600.0, 3))
+                full = {
+                    "config": cfg.to_dict(),
+                    "model": model.state_dict(),
+                    "disc": disc.state_dict(),
+                    "opt_g": opt_g.state_dict(),
+                    "opt_d": opt_d.state_dict(),
+                    "sched_g": sched_g.state_dict(),
+                    "sched_d": sched_d.state_dict(),
+                    "step": step,
+                    "np_rng": rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(),
+                    "py_rng": random.getstate(),
+                    "history": history,
+                }
+                _atomic_torch_save(full, ckpt)
+                if args.state is not None:
+                    save_state(full, args.state)
                 save_model(model, run / "model.safetensors", extra={"step": step, "args": {k: str(v) for k, v in vars(args).items()}})
             if stop:
                 print(f"\nstopped at step {step}; run the same command to resume", file=sys.stderr)

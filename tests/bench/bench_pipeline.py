@@ -1,20 +1,22 @@
 """Benchmark the full-resolution pipeline on this machine.
 
-    python tests/bench/bench_pipeline.py [--weights W] [--device cpu|cuda|auto] [--tiles] [--repeat N]
+    python tests/bench/bench_pipeline.py [--weights W] [--device cpu|cuda|auto] [--big] [--repeat N]
 
 Times (median of --repeat runs, after one warm-up):
-  * analyze (face finding + encoder + prior + mask net) and a full retouch of a 512x512 face crop;
+  * analyze (face finding + region planning + encoder + prior + mask net) and a full retouch of a
+    512x512 portrait;
   * render() for an edited mask (a brush stroke): transformer + decoder only;
-  * the strength re-composite of a 24-megapixel (6000x4000) photo with one face;
+  * the strength re-composite of a 24-megapixel (6000x4000) portrait;
   * that 24-MP photo end to end (analyze + render + composite; loading/decoding the file is NOT
-    included), and optionally (--tiles) the no-face path that tiles the whole 24-MP photo;
+    included), with the time the face detector takes;
+  * with --big, a 60-MP (9504x6336) portrait end to end, and the peak memory of the process;
   * peak memory (ru_maxrss of the process, and the tracemalloc peak of NumPy allocations during the
     24-MP end-to-end run).
 
-The photos are generated (skin-coloured noise with a few spots); the face position is given to
-the pipeline (the OpenCV detector still runs on every photo, so its cost is included).
-Without bundled weights a freshly initialised small model is used, with its last decoder layer
-perturbed so that the correction is not empty (speed is the same as for trained weights).
+The portrait is scikit-image's public-domain astronaut photo (``pip install scikit-image``; a
+real face, so the real detector and the region planner run), scaled up to the photo size with its
+edges extended; without scikit-image a generated skin-coloured photo is used and the face position
+is given to the pipeline. Without bundled weights a freshly initialised small model is used.
 """
 from __future__ import annotations
 
@@ -50,6 +52,20 @@ def _photo(h: int, w: int, seed: int = 0) -> np.ndarray:
     return img
 
 
+def _portrait(h: int, w: int) -> tuple[np.ndarray, bool]:
+    """The astronaut portrait scaled to height ``h`` and extended to width ``w`` (True), or a
+    generated photo (False) when scikit-image is not installed."""
+    try:
+        from skimage import data
+    except ImportError:
+        return _photo(h, w, 2), False
+    import cv2
+
+    face = cv2.resize(data.astronaut(), (h, h), interpolation=cv2.INTER_CUBIC)
+    left = (w - h) // 2
+    return cv2.copyMakeBorder(face, 0, 0, left, w - h - left, cv2.BORDER_REPLICATE), True
+
+
 class T(float):
     """Wall seconds that print with the process CPU seconds beside them (shows CPU contention)."""
 
@@ -73,14 +89,35 @@ def _time(fn, repeat: int) -> tuple[T, object]:
 
 
 def _with_face(box):
-    real = faces_mod._real_detect if hasattr(faces_mod, "_real_detect") else faces_mod.detect_faces
+    """Give the pipeline a face at ``box`` (for generated photos); the real detector still runs."""
+    from engine.faces import Face
+
+    real = faces_mod._real_detect if hasattr(faces_mod, "_real_detect") else faces_mod.detect
     faces_mod._real_detect = real  # type: ignore[attr-defined]
 
     def detect(image, **kw):
         real(image, **kw)  # pay for the detector
-        return [box] if box is not None else []
+        if box is None:
+            return []
+        x0, y0, x1, y1 = box
+        w, h = x1 - x0, y1 - y0
+        pts = ((0.3, 0.4), (0.7, 0.4), (0.5, 0.6), (0.35, 0.8), (0.65, 0.8))
+        return [Face(box, tuple((x0 + a * w, y0 + b * h) for a, b in pts), 0.99)]
 
-    faces_mod.detect_faces = detect
+    faces_mod.detect = detect
+
+
+def _e2e(r: Retoucher, photo: np.ndarray) -> tuple[float, float, float, float, object, object]:
+    c0 = time.process_time()
+    t0 = time.perf_counter()
+    a = r.analyze(photo)
+    t1 = time.perf_counter()
+    c = r.render(a)
+    t2 = time.perf_counter()
+    out = r.composite(photo, c, 1.0)
+    t3 = time.perf_counter()
+    del out
+    return t1 - t0, t2 - t1, t3 - t2, time.process_time() - c0, a, c
 
 
 def main() -> int:
@@ -89,7 +126,7 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--tiles", action="store_true", help="also time the no-face 24-MP tiled path (slow)")
+    ap.add_argument("--big", action="store_true", help="also run a 60-MP portrait end to end (memory)")
     args = ap.parse_args()
 
     if args.threads:
@@ -106,60 +143,57 @@ def main() -> int:
         save_model(model, weights)
         which = "a freshly initialised small model (no bundled weights yet)"
     r = Retoucher.load(weights, device=args.device)
-    print(f"model: {which}; config '{r.config.name}' at {r.config.image_size}px; device: {r.device_label}; "
+    print(f"model: {which}; config '{r.config.name}' working at {r.config.work_px_per_mm} px/mm; device: {r.device_label}; "
           f"torch {torch.__version__}; median of {args.repeat} after a warm-up")
 
-    # -- a 512x512 face crop --------------------------------------------------------------------
-    crop = _photo(512, 512, 1)
-    _with_face((130, 130, 382, 382))
+    # -- a 512x512 portrait -----------------------------------------------------------------------
+    crop, real = _portrait(512, 512)
+    if not real:
+        _with_face((130, 130, 382, 382))
     t_an, a = _time(lambda: r.analyze(crop), args.repeat)
     t_full, _ = _time(lambda: r.retouch(crop), args.repeat)
     edited = a.mask.copy()
-    edited[240:250, 200:300] = 1.0  # a brush stroke
+    edited[300:310, 200:300] = 1.0  # a brush stroke
     t_render, _ = _time(lambda: r.render(a, edited), args.repeat)
-    print(f"512x512 face crop : analyze (mask prediction) {t_an:.3f} | full retouch {t_full:.3f} | "
+    print(f"512x512 portrait ({a.message}): analyze {t_an:.3f} | full retouch {t_full:.3f} | "
           f"render (edited mask) {t_render:.3f}")
 
-    # -- a 24-MP photo with one face ------------------------------------------------------------
-    photo = _photo(4000, 6000, 2)
-    face = (2400, 1200, 3600, 2400)
-    _with_face(face)
+    # -- a 24-MP portrait -------------------------------------------------------------------------
+    photo, real = _portrait(4000, 6000)
+    if not real:
+        _with_face((2400, 1200, 3600, 2400))
+    t_det, _ = _time(lambda: faces_mod.detect(photo), args.repeat)
     tracemalloc.start()
-    c0 = time.process_time()
-    t0 = time.perf_counter()
-    a = r.analyze(photo)
-    t1 = time.perf_counter()
-    c = r.render(a)
-    t2 = time.perf_counter()
-    out = r.composite(photo, c, 1.0)
-    t3 = time.perf_counter()
-    e2e_cpu = time.process_time() - c0
+    t_a, t_r, t_c, e2e_cpu, a, c = _e2e(r, photo)
     _, traced = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     t_comp, _ = _time(lambda: r.composite(photo, c, 0.7), args.repeat)
     t_render24, _ = _time(lambda: r.render(a, None), args.repeat)
+    face = next((reg for reg in a.plan.regions if reg.kind == "face"), a.plan.regions[0])
     stroke = a.mask.copy()
-    fx0, fy0, fx1, fy1 = face
-    stroke[(fy0 + fy1) // 2 : (fy0 + fy1) // 2 + 30, fx0 + 300 : fx0 + 700] = 1.0
+    fx0, fy0, fx1, fy1 = face.box
+    cy, cx = (fy0 + fy1) // 2, (fx0 + fx1) // 2
+    stroke[cy : cy + 30, cx - 200 : cx + 200] = 1.0
     t_edit24, _ = _time(lambda: r.render(a, stroke), args.repeat)
-    e2e = t3 - t0
-    print(f"24 MP (6000x4000), 1 face (crop {a.regions[0][2] - a.regions[0][0]} px): end to end {e2e:.3f} s (cpu {e2e_cpu:.2f} s) "
-          f"(analyze {t1 - t0:.3f} + render {t2 - t1:.3f} + composite {t3 - t2:.3f}; file loading not included)")
-    print(f"24 MP strength re-composite: {t_comp:.3f} | render (edited mask, 1 face): {t_edit24:.3f} | "
+    work = ", ".join(f"{reg.kind} {reg.side}px->{reg.n}px" for reg in a.plan.regions)
+    print(f"24 MP (6000x4000): {a.message}; regions: {work}")
+    print(f"24 MP end to end {t_a + t_r + t_c:.3f} s (cpu {e2e_cpu:.2f} s) (analyze {t_a:.3f} incl. face detection {t_det:.3f} "
+          f"+ render {t_r:.3f} + composite {t_c:.3f}; file loading not included)")
+    print(f"24 MP strength re-composite: {t_comp:.3f} | render (edited mask, stroke on the face): {t_edit24:.3f} | "
           f"re-render (predicted mask, cached synthesis): {t_render24:.3f}")
-    print(f"24 MP "
-          f"correction stored: {c.nbytes / 1e6:.1f} MB in {len(c.patches)} box(es)")
+    print(f"24 MP correction stored: {c.nbytes / 1e6:.1f} MB in {len(c.patches)} box(es)")
     print(f"NumPy/Python peak during the 24-MP run (tracemalloc): {traced / 2**20:.0f} MiB "
-          f"(the photo itself is {photo.nbytes / 2**20:.0f} MiB, the output another {out.nbytes / 2**20:.0f} MiB)")
-    del out
+          f"(the photo itself is {photo.nbytes / 2**20:.0f} MiB, the output another {photo.nbytes / 2**20:.0f} MiB)")
+    del photo, a, c
 
-    if args.tiles:
-        _with_face(None)
-        t0 = time.perf_counter()
-        a = r.analyze(photo)
-        c = r.render(a)
-        r.composite(photo, c, 1.0)
-        print(f"24 MP, no face ({a.message}): end to end {time.perf_counter() - t0:6.3f} s")
+    if args.big:
+        photo, real = _portrait(6336, 9504)
+        if not real:
+            _with_face((3800, 1900, 5700, 3800))
+        t_a, t_r, t_c, cpu, a, c = _e2e(r, photo)
+        print(f"60 MP (9504x6336): {a.message}; end to end {t_a + t_r + t_c:.3f} s (cpu {cpu:.2f} s) "
+              f"(analyze {t_a:.3f} + render {t_r:.3f} + composite {t_c:.3f})")
+        del photo, a, c
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak resident memory of the process (ru_maxrss): {peak:.0f} MiB")
