@@ -59,6 +59,25 @@ def display_converter(icc: bytes | None) -> DisplayFn | None:
     return lambda px: _qt_to_srgb(px, cs, target)
 
 
+_PRIMARY_NAMES = {"SRgb": "sRGB", "AdobeRgb": "Adobe RGB", "DciP3D65": "Display P3", "ProPhotoRgb": "ProPhoto RGB",
+                  "Bt2020": "Rec. 2020"}
+
+
+def profile_name(icc: bytes | None) -> str:
+    """A short name for the info panel: the profile's description, with the colour space Qt
+    recognises from its primaries when the description does not say (e.g. "RGB built-in")."""
+    from engine.colour import describe_profile
+
+    desc = describe_profile(icc)
+    if not icc:
+        return desc
+    cs = QColorSpace.fromIccProfile(QByteArray(bytes(icc)))
+    known = _PRIMARY_NAMES.get(cs.primaries().name, "") if cs.isValid() else ""
+    if known and known.lower().replace(" ", "") not in desc.lower().replace(" ", ""):
+        return f"{known} ({desc})"
+    return desc
+
+
 def _to_u8(px: np.ndarray) -> np.ndarray:
     return px if px.dtype == np.uint8 else (px >> 8).astype(np.uint8)
 

@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (
     QProgressBar, QPushButton, QScrollArea, QSlider, QSpinBox, QSplitter, QToolButton, QVBoxLayout, QWidget,
 )
 
-from app.canvas import Canvas, display_converter
+from app.canvas import Canvas, display_converter, profile_name
 from app.document import Document, sidecar_path
 from app.logs import log_file
 from app.maskedit import Brush
@@ -527,11 +527,9 @@ class MainWindow(QMainWindow):
         self._rebuild_recent_menu()
         h, w = doc.height, doc.width
         depth = getattr(doc.photo, "bit_depth", 8)
-        from engine.colour import describe_profile
-
         notes = list(getattr(doc.photo, "notes", [])) + list(getattr(doc.working, "notes", []))
         self.info_label.setText(f"{path.name}\n{w} × {h} px ({w * h / 1e6:.1f} MP), {depth}-bit, "
-                                f"{describe_profile(getattr(doc.photo, 'icc_profile', None))}"
+                                f"{profile_name(getattr(doc.photo, 'icc_profile', None))}"
                                 + "".join(f"\n{n}" for n in notes))
         self.set_status(f"Opened {path.name} in {secs:.2f} s")
         if res["warning"]:
