@@ -91,6 +91,7 @@ def run_batch(
     *,
     retoucher: "Retoucher",
     strength: float = 1.0,
+    blemish_size: float | None = None,
     fmt: str = "keep",
     recursive: bool = False,
     overwrite: bool = False,
@@ -128,7 +129,7 @@ def run_batch(
             continue
         try:
             photo = load_image(path)
-            result = retouch_photo(retoucher, photo.pixels, photo.icc_profile, strength=strength, cancel=cancel)
+            result = retouch_photo(retoucher, photo.pixels, photo.icc_profile, strength=strength, blemish_size=blemish_size, cancel=cancel)
             out.parent.mkdir(parents=True, exist_ok=True)
             save_photo(out, photo, result, quality=quality, protect=[path])
         except Cancelled as exc:

@@ -53,8 +53,21 @@ def _quality(text: str) -> int:
     return value
 
 
+def _blemish_size(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid blemish size '{text}' (a number of pixels)") from None
+    if not (0.5 <= value <= 5000):
+        raise argparse.ArgumentTypeError(f"blemish size must be between 0.5 and 5000 pixels, not {text}")
+    return value
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strength", type=_strength, default=1.0, metavar="S", help="correction strength 0..1 (default 1)")
+    p.add_argument("--blemish-size", type=_blemish_size, default=None, metavar="PX",
+                   help="diameter of a typical blemish (about 3 mm of skin) in photo pixels: the scale the model "
+                        "works at (default: from the faces found; without a face, the short side is taken as 15 cm)")
     p.add_argument("--quality", type=_quality, default=95, metavar="Q", help="JPEG/WebP quality 1..100 (default 95)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--device", default="auto", metavar="D", help="auto (default), cpu or cuda")
@@ -149,7 +162,7 @@ def _run_single(argv: Sequence[str]) -> int:
     mask = load_mask(args.mask, photo.pixels.shape[:2]) if args.mask else None
     retoucher = _load_retoucher(args)
     working = WorkingSpace.of(photo.pixels, photo.icc_profile)  # the network works in sRGB
-    analysis = retoucher.analyze(working.image)
+    analysis = retoucher.analyze(working.image, blemish_size=args.blemish_size)
     print(f"{src.name}: {analysis.message} ({retoucher.device_label}).", file=sys.stderr)
     correction = working.to_photo(retoucher.render(analysis, mask))
     result = retoucher.composite(photo.pixels, correction, args.strength)
@@ -175,7 +188,7 @@ def _run_batch(argv: Sequence[str]) -> int:
     retoucher = _load_retoucher(args)
     print(f"Retouching {len(pairs)} photo(s) on {retoucher.device_label}.", file=sys.stderr)
     report = run_batch(
-        args.in_dir, args.out_dir, retoucher=retoucher, strength=args.strength, fmt=args.fmt,
+        args.in_dir, args.out_dir, retoucher=retoucher, strength=args.strength, blemish_size=args.blemish_size, fmt=args.fmt,
         recursive=args.recursive, overwrite=args.overwrite, quality=args.quality,
         progress=ProgressBar(len(pairs)),
     )

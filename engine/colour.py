@@ -231,10 +231,10 @@ class WorkingSpace:
 
 
 def retouch_photo(retoucher, pixels: np.ndarray, icc: bytes | None, mask: np.ndarray | None = None,
-                  strength: float = 1.0, *, cancel=None, progress=None) -> np.ndarray:
+                  strength: float = 1.0, *, blemish_size: float | None = None, cancel=None, progress=None) -> np.ndarray:
     """``Retoucher.retouch`` for a photo tagged with ``icc``: the network analyses and renders
     in sRGB, the correction is carried back and composited on the photo's own pixels."""
     ws = WorkingSpace.of(pixels, icc)
-    analysis = retoucher.analyze(ws.image, cancel=cancel, progress=progress)
+    analysis = retoucher.analyze(ws.image, blemish_size=blemish_size, cancel=cancel, progress=progress)
     correction = ws.to_photo(retoucher.render(analysis, mask, cancel=cancel))
     return retoucher.composite(pixels, correction, strength)

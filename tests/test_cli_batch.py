@@ -45,7 +45,9 @@ def weights(tmp_path_factory) -> str:
 def _one_thread_no_faces(monkeypatch):
     torch.set_num_threads(1)
     # Generated pictures contain no detectable faces; pretend one is in the middle.
-    monkeypatch.setattr(faces_mod, "detect_faces", lambda image, **kw: [(60, 40, 140, 120)])
+    from tests.test_pipeline import fake_face
+
+    monkeypatch.setattr(faces_mod, "detect", lambda image, **kw: [fake_face((60, 40, 140, 120))])
 
 
 def _photo(h=160, w=200, seed=0, dtype=np.uint8) -> np.ndarray:
@@ -306,3 +308,17 @@ def test_batch_cancel(tmp_path, weights):
         run_batch(src, tmp_path / "out", retoucher=r, cancel=lambda: True)
     assert info.value.report.done == []  # type: ignore[attr-defined]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_blemish_size_sets_the_scale(tmp_path, capsys, weights, monkeypatch) -> None:
+    """No face: the photo is still retouched, at the scale --blemish-size gives (said on stderr)."""
+    monkeypatch.setattr(faces_mod, "detect", lambda image, **kw: [])
+    src = tmp_path / "skin.png"
+    save_image(src, _photo())
+    code, _, err = _run(capsys, src, "-o", tmp_path / "a.png", "--weights", weights, "--mask-out", tmp_path / "m.png")
+    assert code == 0 and "No face found; blemish size" in err and "(assumed: no face)" in err
+    code, _, err = _run(capsys, src, "-o", tmp_path / "b.png", "--weights", weights, "--blemish-size", "12")
+    assert code == 0 and "blemish size 12 px (as set)" in err
+    assert not np.array_equal(load_image(tmp_path / "b.png").pixels, _photo())
+    with pytest.raises(SystemExit):
+        main([str(src), "-o", str(tmp_path / "c.png"), "--blemish-size", "-3"])
