@@ -1253,6 +1253,8 @@ def save_image(
     bits = bit_depth if bit_depth is not None else (16 if pixels.dtype == np.uint16 else 8)
     if fmt in ("JPEG", "WEBP", "AVIF"):
         bits = 8
+    if fmt not in _IPTC_FORMATS and metadata is not None and metadata.iptc is not None and metadata.iptc.count():
+        log.info("%s: %s has no place for IPTC-IIM; what the XMP mirrors of it is kept", path.name, fmt)
     exif_override = None
     if exif is not None:
         exif_override = exif if not isinstance(exif, (bytes, bytearray, memoryview, Image.Exif)) else _exif_from_bytes(exif)
@@ -1269,8 +1271,6 @@ def save_image(
             with _EXIV2:
                 exif_raw = _exif_payload(ex, exif_data, name, fmt)
                 xmp_raw = _encode_xmp(ex, xmp_data).encode("utf-8") if xmp_data is not None else None
-            if metadata is not None and metadata.iptc is not None and metadata.iptc.count():
-                log.info("%s: %s has no place for IPTC-IIM; only what the XMP mirrors is kept", name, fmt)
             encode = _encode_heif if fmt == "HEIF" else _encode_avif
             data = encode(rgb, a, int(quality), exif_raw, xmp_raw, icc)
             with _EXIV2:
