@@ -203,11 +203,15 @@ class MainWindow(QMainWindow):
         self.cancel_button.setAutoRaise(True)
         self.cancel_button.hide()
         self.zoom_label = QLabel("")
+        self.faces_label = QLabel("")
+        self.faces_label.setObjectName("facesLabel")
+        self.faces_label.setToolTip("Faces found and the scale the model worked at (the blemish size in the side panel)")
         self.device_label = QLabel("Model: loading…")
         self.device_label.setObjectName("deviceLabel")
         sb.addWidget(self.status_label, 1)
         sb.addWidget(self.progress)
         sb.addWidget(self.cancel_button)
+        sb.addPermanentWidget(self.faces_label)
         sb.addPermanentWidget(self.zoom_label)
         sb.addPermanentWidget(self.device_label)
         self.resize(1400, 900)
@@ -567,6 +571,12 @@ class MainWindow(QMainWindow):
             edits = np.abs(doc.mask - doc.predicted) > 1.0 / 255.0
             restored = np.where(edits, doc.mask, np.asarray(analysis.mask, np.float32))
         doc.set_analysis(analysis, restored)
+        plan = analysis.plan
+        n = len(plan.faces)
+        self.faces_label.setText(
+            f"{n} face{'s' if n != 1 else ''} · blemish {analysis.blemish_size:.0f} px"
+            + {"faces": "", "user": " (set)", "default": " (assumed)"}[plan.source]
+        )
         if self.blemish_auto.isChecked():
             self.blemish_spin.blockSignals(True)
             self.blemish_spin.setValue(max(1, round(float(analysis.blemish_size))))

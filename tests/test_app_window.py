@@ -465,3 +465,30 @@ def test_missing_weights_and_bad_photo_give_clear_dialogs(qtbot, isolated_settin
     assert prompter.errors[0][0] == "Could not open the photo" and "broken.jpg" in prompter.errors[0][1]
     assert w.doc.path == photo_path  # the previous photo stays open
     w.shutdown()
+
+
+def test_blemish_size_control_rescales_and_keeps_edits(qtbot, make_window, photo_path):
+    """The status bar says how many faces were found and at what scale; setting a blemish size by
+    hand analyses the photo again at that scale and keeps the user's brushed edits."""
+    w = make_window()
+    open_and_wait(qtbot, w, photo_path)
+    a = w.doc.analysis
+    n = len(a.faces)
+    assert a.message.startswith("No face found" if n == 0 else f"{n} face")
+    assert w.faces_label.text().startswith(f"{n} face{'s' if n != 1 else ''} · blemish {a.blemish_size:.0f} px")
+    assert w.blemish_auto.isChecked() and not w.blemish_spin.isEnabled()
+    assert w.blemish_spin.value() == max(1, round(a.blemish_size))
+    w.doc.mask[10:30, 10:40] = 1.0  # a brushed edit
+    w.doc.mask_changed((10, 10, 40, 30))
+    size = 2 * w.blemish_spin.value()
+    w.set_blemish_size(size)
+    assert w.blemish_spin.isEnabled() and not w.blemish_auto.isChecked()
+    until(qtbot, w, lambda: w.doc.analysis is not a and not w.busy)
+    assert w.doc.analysis.plan.source == "user" and w.doc.analysis.blemish_size == size
+    assert f"blemish size {size} px (as set)" in w.doc.analysis.message
+    assert w.faces_label.text().endswith(f"blemish {size} px (set)")
+    assert (w.doc.mask[10:30, 10:40] == 1.0).all()  # the edit survived the new prediction
+    b = w.doc.analysis
+    w.blemish_auto.setChecked(True)  # back to automatic
+    until(qtbot, w, lambda: w.doc.analysis is not b and not w.busy)
+    assert w.doc.analysis.plan.source != "user" and not w.blemish_spin.isEnabled()
