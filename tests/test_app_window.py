@@ -265,12 +265,12 @@ def test_cancel_running_job_keeps_ui_responsive(qtbot, make_window, photo_path, 
     started = threading.Event()
     real_analyze = app_retoucher.analyze
 
-    def slow_analyze(image, *, cancel=None, progress=None):
+    def slow_analyze(image, *, cancel=None, progress=None, **kw):
         started.set()
         t0 = time.monotonic()
         while not cancel() and time.monotonic() - t0 < 30:  # a long job, until cancelled
             time.sleep(0.01)
-        return real_analyze(image, cancel=cancel, progress=progress)  # the engine raises Cancelled
+        return real_analyze(image, cancel=cancel, progress=progress, **kw)  # the engine raises Cancelled
 
     monkeypatch.setattr(app_retoucher, "analyze", slow_analyze)
     w = make_window()
