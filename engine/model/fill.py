@@ -22,11 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["anchor_fill", "anchor_fill_np", "push_pull", "known_weight", "gaussian_blur", "TEXTURE_MM"]
+__all__ = ["anchor_fill", "anchor_fill_np", "push_pull", "known_weight", "gaussian_blur", "TEXTURE_MM", "REACH_MM"]
 
 _EPS = 1e-6
 #: Scale (mm of skin) below which the photo's detail counts as texture: pores, fine grain.
 TEXTURE_MM = 0.625
+#: Farthest a fill fetches colour from (mm of skin): a brushed patch 2-3 cm across still fills
+#: from its border, a hazy mask over a whole cheek never pulls in hair or background.
+REACH_MM = 12.0
 
 
 def known_weight(mask: torch.Tensor) -> torch.Tensor:
@@ -61,23 +64,25 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.pad(y, (0, 0, r, r), mode=mode), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
-def push_pull(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def push_pull(values: torch.Tensor, weight: torch.Tensor, reach: float | None = None) -> torch.Tensor:
     """Fill (B, C, H, W) ``values`` where ``weight`` (B, 1, H, W) in [0, 1] is low from where it is high.
 
-    Push: a pyramid of weighted sums (2x2 averages). Pull: from the coarsest level down, each
-    level's normalised average is used as far as that level knows enough (its mean weight,
-    doubled, capped at 1), the upsampled coarser result elsewhere. Where the weight is 1 the
-    value is returned unchanged; an image with no known pixel at all is returned as it is.
+    Push: a pyramid of weighted sums (2x2 averages), ``reach`` pixels deep at most (None: to a
+    single pixel). Pull: from the coarsest level down, each level's normalised average is used
+    as far as that level knows enough (its mean weight, doubled, capped at 1), the upsampled
+    coarser result elsewhere. Where even the coarsest level knows nothing, the values keep their
+    own (unweighted) average there: a fill never fetches colour from further than ``reach``
+    (across the face, from hair or background). Where the weight is 1 the value is unchanged.
     """
-    pyramid = [(values * weight, weight)]
-    while min(pyramid[-1][1].shape[-2:]) > 1:
-        c, w = pyramid[-1]
-        pyramid.append((F.avg_pool2d(c, 2, ceil_mode=True), F.avg_pool2d(w, 2, ceil_mode=True)))
-    c, w = pyramid[-1]
-    out = c / w.clamp_min(_EPS)
-    flat = values.flatten(2).mean(-1)[..., None, None].expand_as(out)
-    out = torch.where(w > _EPS, out, flat)  # nothing known at all: leave the mean
-    for c, w in reversed(pyramid[:-1]):
+    levels = 64 if reach is None else max(1, int(np.ceil(np.log2(max(2.0, reach)))))
+    pyramid = [(values * weight, weight, values)]
+    while min(pyramid[-1][1].shape[-2:]) > 1 and len(pyramid) <= levels:
+        c, w, v = pyramid[-1]
+        pyramid.append((F.avg_pool2d(c, 2, ceil_mode=True), F.avg_pool2d(w, 2, ceil_mode=True), F.avg_pool2d(v, 2, ceil_mode=True)))
+    c, w, v = pyramid[-1]
+    a = (2.0 * w).clamp(0.0, 1.0)
+    out = a * (c / w.clamp_min(_EPS)) + (1.0 - a) * v  # too little known even here: its own average
+    for c, w, _ in reversed(pyramid[:-1]):
         up = F.interpolate(out, size=c.shape[-2:], mode="bilinear", align_corners=False)
         a = (2.0 * w).clamp(0.0, 1.0)
         out = a * (c / w.clamp_min(_EPS)) + (1.0 - a) * up
@@ -88,14 +93,16 @@ def anchor_fill(x: torch.Tensor, mask: torch.Tensor, sigma: float = 1.0) -> torc
     """The classical fill of ``x`` (B, 3, H, W) in [0, 1] under ``mask`` (B, 1, H, W) in [0, 1].
 
     Returns the filled image everywhere (the caller blends it in through the mask). ``sigma`` is
-    the texture scale in pixels (:data:`TEXTURE_MM` at the image's scale: 1 px at 1.6 px/mm).
+    the texture scale in pixels (:data:`TEXTURE_MM` at the image's scale: 1 px at 1.6 px/mm);
+    colour is fetched from at most :data:`REACH_MM` away.
     """
     w = known_weight(mask)
+    reach = REACH_MM / TEXTURE_MM * sigma
     low = gaussian_blur(x, sigma)
     texture = x - low
-    low_fill = push_pull(low, w)
+    low_fill = push_pull(low, w, reach)
     energy = gaussian_blur(texture.square().mean(1, keepdim=True), 2.0 * sigma)
-    grain = push_pull(energy, w)
+    grain = push_pull(energy, w, reach)
     gain = ((grain + 1e-6) / (energy + 1e-6)).sqrt().clamp(max=1.0)
     return (low_fill + gain * texture).clamp(0.0, 1.0)
 

@@ -24,8 +24,8 @@ from engine.training.baselines import telea_heal
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data" / "acne-faces"
-DEFAULT = "acne04_0003.jpg,acne04_0040.jpg,acne04_0107.jpg,acne04_0215.jpg"
-CROP = 200
+DEFAULT = "acne04_0010.jpg,acne04_0070.jpg,acne04_0095.jpg,acne04_0100.jpg"
+CROP = 220
 
 
 def _densest(mask: np.ndarray, side: int) -> tuple[int, int]:
