@@ -199,13 +199,14 @@ def test_committed_state_resumes_exactly_and_is_compact(dataset, tmp_path) -> No
     state = tmp_path / "state.pt"
     train(_args(dataset, tmp_path / "first", 4, "--stop-at", "2", "--state", str(state)))
     saved = torch.load(state, weights_only=False)
-    assert saved["compact"] and saved["step"] == 2
+    assert saved["compact"] and saved["step"] == 2 and "opt_g" not in saved
+    saved.update(torch.load(tmp_path / "state-optim.pt", weights_only=False))  # the optimisers' half
     assert all(t.dtype == torch.float16 for t in saved["model"].values() if t.is_floating_point())
     moments = [v for s in saved["opt_g"]["state"].values() for k, v in s.items() if k != "step"]
     assert moments and all(t.dtype == torch.bfloat16 for t in moments)
     assert saved["history"][-1]["to_step"] == 2
     full = load_state(tmp_path / "first" / "last.pt")
-    assert state.stat().st_size < 0.7 * (tmp_path / "first" / "last.pt").stat().st_size
+    assert state.stat().st_size + (tmp_path / "state-optim.pt").stat().st_size < 0.7 * (tmp_path / "first" / "last.pt").stat().st_size
     # the next session: a fresh run directory, the committed state
     train(_args(dataset, tmp_path / "second", 4, "--state", str(state)))
     resumed = load_model(tmp_path / "second" / "model.safetensors")
@@ -238,3 +239,37 @@ def test_init_across_the_anchor_change(dataset, tmp_path) -> None:
     assert new[skip].shape[1] == c_old + 3
     assert torch.equal(new[skip][:, :c_old], before[skip]) and not new[skip][:, c_old:].any()
     assert not new["synthesis.out.weight"].any() and not new["synthesis.out.bias"].any()
+
+
+def test_pack_and_parallel_training_as_on_a_gpu_window(dataset, tmp_path) -> None:
+    """The GPU window's two commands, on the CPU with a few steps: a pack of the portraits at the
+    working scale within a size budget, then training from it with batches made in worker
+    processes, resuming from and writing the committed state."""
+    from engine.training import pack
+
+    out = tmp_path / "pack.npz"
+    assert pack.main(["--out", str(out), "--clean", str(dataset["clean"]), "--raw", str(dataset["raw"]), "--preset", "tiny", "--budget-mib", "1"]) == 0
+    loaded = pack.Pack(out)
+    assert loaded.meta["px_per_mm"] == ModelConfig.preset("tiny").work_px_per_mm
+    assert len(loaded.cleans) == len([p for p in dataset["clean"].iterdir() if not is_holdout(p)]) and len(loaded.raws) == 6
+    assert all(c.dtype == np.uint8 and c.shape[:2] == s.shape for c, s in zip(loaded.cleans, loaded.skins))
+    # a tight budget keeps an evenly spaced subset
+    small = pack.build([dataset["clean"]], [dataset["raw"]], 0.5, budget_mib=0.02, log=lambda m: None)
+    assert 0 < len(small["clean_offsets"]) - 1 < len(loaded.cleans)
+    state = tmp_path / "state.pt"
+    run = tmp_path / "gpu"
+    args = build_parser().parse_args([
+        "--run", str(run), "--preset", "tiny", "--steps", "3", "--batch", "2", "--unpaired-batch", "1", "--crop", "48",
+        "--pack", str(out), "--workers", "2", "--amp", "--state", str(state), "--ckpt-every", "3", "--log-every", "1", "--threads", "1",
+    ])
+    train(args)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3] and all(np.isfinite(r["x2y"]) for r in log)
+    assert torch.load(state, weights_only=False)["step"] == 3
+    from engine.training.state import load_state, optimiser_path
+
+    optimiser_path(state).unlink()  # half a state: one clear sentence, not a KeyError
+    with pytest.raises(SystemExit, match="optimisers' half"):
+        load_state(state)
+    with pytest.raises(SystemExit, match="not a readable training pack"):
+        pack.Pack(tmp_path / "nope.npz")

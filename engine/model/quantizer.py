@@ -40,9 +40,10 @@ class VectorQuantizer(nn.Module):
         return dist.argmin(1).view(z.shape[0], z.shape[2], z.shape[3])
 
     def forward(self, z: torch.Tensor) -> Quantized:
-        z = F.normalize(z, dim=1)
-        idx = self.nearest(z)
-        q = F.embedding(idx, self.codes()).permute(0, 3, 1, 2)
-        loss = F.mse_loss(q, z.detach()) + self.commitment * F.mse_loss(z, q.detach())
-        q_st = z + (q - z).detach()
+        with torch.autocast(z.device.type, enabled=False):  # the nearest-code search in float32, also under AMP
+            z = F.normalize(z.float(), dim=1)
+            idx = self.nearest(z)
+            q = F.embedding(idx, self.codes()).permute(0, 3, 1, 2)
+            loss = F.mse_loss(q, z.detach()) + self.commitment * F.mse_loss(z, q.detach())
+            q_st = z + (q - z).detach()
         return Quantized(q_st, idx, loss)

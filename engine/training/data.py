@@ -13,7 +13,7 @@ import hashlib
 from itertools import zip_longest
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import cv2
 import numpy as np
@@ -21,6 +21,9 @@ import numpy as np
 from engine.imageio import SUPPORTED_SUFFIXES, from_float, load_image, to_float
 from engine.skin import skin_mask
 from engine.training.synth import SynthConfig, estimate_px_per_mm, synthesize
+
+if TYPE_CHECKING:
+    from engine.training.pack import Pack
 
 HOLDOUT_FRACTION = 0.1
 #: The shared data folder beside the repository (../shared/data), read in place.
@@ -169,6 +172,27 @@ def _phi(raw: np.ndarray, clean: np.ndarray) -> np.ndarray:
     return cv2.GaussianBlur(np.clip(d / 0.08, 0, 1), (0, 0), 1.0).astype(np.float32)
 
 
+class MemoryImages:
+    """Images already in memory at the working scale (a training pack), with their skin masks;
+    the same interface as :class:`ImageCache`."""
+
+    def __init__(self, images: list[np.ndarray], skins: list[np.ndarray] | None = None) -> None:
+        self.images, self.skins = list(images), None if skins is None else list(skins)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.images[i]
+
+    def skin(self, i: int) -> np.ndarray:
+        if self.skins is None:
+            self.skins = [None] * len(self.images)  # type: ignore[list-item]
+        if self.skins[i] is None:
+            self.skins[i] = np.round(skin_mask(self.images[i]) * 255.0).astype(np.uint8)
+        return self.skins[i]
+
+
 class PairCache:
     """Real (raw, retouched) pairs, both brought to the working scale measured on the raw photo."""
 
@@ -233,6 +257,22 @@ class TrainingData:
         self.raw_only = ImageCache(raws, px_per_mm, raw_px_per_mm)
         if len(self.synth_pairs) + len(self.real) == 0:
             raise ValueError("no paired training data: give --clean folders (synthetic pairs) or --paired folders with gamma > 0")
+
+    @classmethod
+    def from_pack(cls, pack: "Pack", crop: int, gamma: float = 1.0, unpaired: bool = True, synth: SynthConfig | None = None, seed: int = 0) -> "TrainingData":
+        """Training data from a training pack (engine.training.pack) instead of folders."""
+        self = cls.__new__(cls)
+        self.px_per_mm, self.crop, self.synth = float(pack.meta["px_per_mm"]), crop, synth or SynthConfig()
+        order = np.random.default_rng(seed).permutation(len(pack.cleans))
+        n_pair = int(round(gamma * len(order)))
+        self.synth_pairs = MemoryImages([pack.cleans[i] for i in order[:n_pair]], [pack.skins[i] for i in order[:n_pair]])
+        self.clean_only = MemoryImages([pack.cleans[i] for i in order[n_pair:]], [pack.skins[i] for i in order[n_pair:]])
+        self.real = PairCache([], self.px_per_mm)
+        self.unpaired_clean_from_pairs = MemoryImages([])
+        self.raw_only = MemoryImages(pack.raws if unpaired else [])
+        if not len(self.synth_pairs):
+            raise ValueError("the pack holds no portraits to pair (gamma is 0?)")
+        return self
 
     def describe(self) -> dict[str, int]:
         return {

@@ -2,10 +2,11 @@
 
 A run directory's ``last.pt`` holds everything a resume needs (model with H̄, discriminator,
 optimisers, schedules, step, random generators, configuration) in float32: about 45 MB for the
-``small`` model. The committed copy, ``resources/training/state.pt`` (:data:`DEFAULT_STATE`),
-is the same dictionary made compact: weights in float16, Adam's moments in bfloat16 (float16
-would flush the small second moments to zero and blow up the first update after a resume), and
-the rest as it is: about 22 MB. :func:`expand` turns it back into a ``last.pt``-shaped dictionary.
+``small`` model. The committed copy, ``resources/training/state.pt`` (:data:`DEFAULT_STATE`) with
+``state-optim.pt`` beside it, is the same dictionary made compact: weights in float16, Adam's
+moments in bfloat16 (float16 would flush the small second moments to zero and blow up the first
+update after a resume), and the rest as it is: about 9 + 14 MB, each file small enough for what
+a lent GPU machine sends back (16 MiB a file). :func:`expand` turns it back into a ``last.pt``-shaped dictionary.
 
     python -m engine.training.state export runs/main/last.pt [resources/training/state.pt]
     python -m engine.training.state show [resources/training/state.pt]
@@ -73,13 +74,27 @@ def expand(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def optimiser_path(path: str | Path) -> Path:
+    """The companion file holding the optimisers' moments (``state.pt`` -> ``state-optim.pt``)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}-optim{path.suffix}")
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 def save_state(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``compact(state)`` atomically to ``path``."""
+    """Write ``compact(state)`` atomically, in two files each under 16 MiB for the small model
+    (what a lent GPU machine can send back): ``path`` (weights, step, generators, history) and
+    :func:`optimiser_path` (the optimisers' moments)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(compact(state), tmp)
-    os.replace(tmp, path)
+    small = compact(state)
+    _atomic_save({k: small[k] for k in _OPTIMISERS if k in small}, optimiser_path(path))
+    _atomic_save({k: v for k, v in small.items() if k not in _OPTIMISERS}, path)
     return path
 
 
@@ -92,6 +107,12 @@ def load_state(path: str | Path, device: str | torch.device = "cpu") -> dict[str
         raise SystemExit(f"{path} is not a readable training state: {type(exc).__name__}.") from None
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise SystemExit(f"{path} is not a training state (no model and step inside).")
+    if state.get("compact") and not all(k in state for k in _OPTIMISERS):
+        companion = optimiser_path(path)
+        try:
+            state.update(torch.load(companion, map_location=device, weights_only=False))
+        except Exception as exc:  # noqa: BLE001
+            raise SystemExit(f"{companion}, the optimisers' half of {path.name}, is missing or unreadable ({type(exc).__name__}).") from None
     return expand(state)
 
 
@@ -106,10 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.cmd == "export":
         out = save_state(load_state(args.checkpoint), args.out)
-        print(f"{out}: step {torch.load(out, weights_only=False)['step']}, {out.stat().st_size / 2**20:.1f} MiB")
+        size = (out.stat().st_size + optimiser_path(out).stat().st_size) / 2**20
+        print(f"{out} (+ {optimiser_path(out).name}): step {torch.load(out, weights_only=False)['step']}, {size:.1f} MiB")
     else:
         st = load_state(args.path)
-        print(f"{args.path}: step {st['step']}, config {st['config'].get('name')}, {args.path.stat().st_size / 2**20:.1f} MiB")
+        size = (args.path.stat().st_size + optimiser_path(args.path).stat().st_size) / 2**20
+        print(f"{args.path}: step {st['step']}, config {st['config'].get('name')}, {size:.1f} MiB with its optimiser file")
         for k in ("history",):
             for line in st.get(k, []):
                 print(f"  {line}")

@@ -30,6 +30,7 @@ for a warm restart with a new learning rate, crop size or loss weights.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -45,6 +46,7 @@ from torch import nn
 
 from engine.training import losses
 from engine.training.data import DEFAULT_DATA, Batch, TrainingData
+from engine.training.pack import Pack
 from engine.training.state import load_state, save_state
 from engine.errors import WeightsError
 from engine.model import ModelConfig, PixelDiscriminator, RetouchFormer, load_safetensors, save_model, transfer_weights
@@ -80,6 +82,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--adv-start", type=int, default=1000, help="step at which the adversarial terms start")
     p.add_argument("--gt-mask-prob", type=float, default=0.5)
     p.add_argument("--device", default="auto")
+    p.add_argument("--pack", type=Path, help="train from a training pack (python -m engine.training.pack) instead of the data folders")
+    p.add_argument("--workers", type=int, default=0, help="processes that make batches (blemish synthesis) beside the training loop; 0: in the loop (exactly reproducible resumes)")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA (the prior's nearest-code search stays float32)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=25)
@@ -172,6 +177,19 @@ class GeneratorStep(nn.Module):
         if xu is not None:
             self._unpaired_mask(xu, ru, out)
         return out
+
+
+class _BatchStream(torch.utils.data.IterableDataset):
+    """Endless batches for a DataLoader: each worker process draws from its own generator."""
+
+    def __init__(self, data: TrainingData, batch: int, unpaired: int, seed: int) -> None:
+        super().__init__()
+        self.data, self.batch, self.unpaired, self.seed = data, batch, unpaired, seed
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng([self.seed, info.id if info is not None else 0])
+        return self.data.batches(self.batch, self.unpaired, rng)
 
 
 def _device(name: str) -> torch.device:
@@ -292,7 +310,12 @@ def train(args: argparse.Namespace) -> Path:
             print(f"initialised from {args.init}", file=sys.stderr)
     clean = args.clean if args.clean is not None else [DEFAULT_DATA / "faces", DEFAULT_DATA / "faces-hq"]
     raw = [] if args.no_unpaired else (args.raw if args.raw is not None else [DEFAULT_DATA / "acne-faces"])
-    data = TrainingData(cfg.work_px_per_mm, args.crop, clean, args.paired, raw, args.gamma, seed=args.seed)
+    if args.pack is not None:
+        data = TrainingData.from_pack(Pack(args.pack), args.crop, args.gamma, not args.no_unpaired, seed=args.seed)
+        if abs(data.px_per_mm - cfg.work_px_per_mm) > 1e-6:
+            raise SystemExit(f"{args.pack} was made at {data.px_per_mm} px/mm, the model works at {cfg.work_px_per_mm}; make the pack again.")
+    else:
+        data = TrainingData(cfg.work_px_per_mm, args.crop, clean, args.paired, raw, args.gamma, seed=args.seed)
     if rank == 0:
         print(f"data: {data.describe()}  model: {model.parameter_count() / 1e6:.2f} M params  device: {dev}", file=sys.stderr)
     gstep: nn.Module = GeneratorStep(model, args)
@@ -306,22 +329,31 @@ def train(args: argparse.Namespace) -> Path:
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     segment = {"date": time.strftime("%Y-%m-%d"), "from_step": step, "to_step": step, "hours": 0.0, "device": where, "crop": args.crop, "batch": args.batch}
     history.append(segment)
-    batches = data.batches(args.batch, 0 if args.no_unpaired else args.unpaired_batch, rng)
+    n_unpaired = 0 if args.no_unpaired else args.unpaired_batch
+    if args.workers > 0:  # batches made in worker processes, each with its own generator
+        stream = _BatchStream(data, args.batch, n_unpaired, args.seed + 7919 * step + 104729 * rank)
+        batches = iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=args.workers, prefetch_factor=4, persistent_workers=True))
+    else:
+        batches = data.batches(args.batch, n_unpaired, rng)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if (args.amp and dev.type == "cuda") else contextlib.nullcontext()
     model.train()
     while step < args.steps:
         batch = next(batches)
         y, xa, phi = _to(batch.clean, dev), _to(batch.raw, dev), _to(batch.mask, dev)
         xu = _to(batch.unpaired, dev) if batch.unpaired is not None else None
         use_gt = torch.from_numpy(rng.random(xa.shape[0]) < args.gt_mask_prob).to(dev)
-        out = gstep(y, xa, phi, xu, use_gt)
+        with amp:
+            out = gstep(y, xa, phi, xu, use_gt)
         adv_on = step >= args.adv_start and args.only == "all"
         loss_names = ["prior", "rec", "mask_reg", "mask_bce", "mask_iou", "x2y", "fill", "fill_outside", "mask_unpaired"]
         g_loss = sum(out[k] for k in loss_names if k in out)
         if adv_on:  # L_adv^syn through D (not its DDP wrapper: D is not updated here)
-            fake_logits = disc(out["y_hat"], out["used_mask"])
+            with amp:
+                fake_logits = disc(out["y_hat"], out["used_mask"])
             out["adv_g"] = args.adv * losses.adversarial_g(fake_logits, (out["used_mask"] > 0.1).float())
             if "yu_hat" in out:
-                ul = disc(out["yu_hat"], out["xu_mask"])
+                with amp:
+                    ul = disc(out["yu_hat"], out["xu_mask"])
                 out["adv_g"] = out["adv_g"] + args.adv * losses.adversarial_g(ul, (out["xu_mask"] > 0.1).float())
             g_loss = g_loss + out["adv_g"]
         opt_g.zero_grad(set_to_none=True)
@@ -335,7 +367,8 @@ def train(args: argparse.Namespace) -> Path:
             m_used = out["used_mask"].detach()
             n = xa.shape[0]
             # one D forward over real | synthesised | raw (DDP allows one forward per backward)
-            logits = dstep(torch.cat([y[:n], out["y_hat"].detach(), xa]), m_used.repeat(3, 1, 1, 1))
+            with amp:
+                logits = dstep(torch.cat([y[:n], out["y_hat"].detach(), xa]), m_used.repeat(3, 1, 1, 1)).float()
             real, fake_hat, fake_raw = logits.split(n)
             d_loss = (
                 losses.soft_bce(real, torch.ones_like(real))
