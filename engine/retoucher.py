@@ -11,16 +11,34 @@
     imageio.save_image(path_out, out, ...)           # 7. save, atomically (engine.imageio)
 
 ``analyze`` keeps each region's encoder state, so a brush stroke re-runs only the transformer and
-synthesis decoder of the regions whose mask changed. Inside a changed region the new synthesis is
-used only around the changed pixels (a few working pixels of feathering), so an edit changes the
-result where the mask changed and nowhere else.
+synthesis decoder, and only on the part of a region the edit reaches.
+
+How far an edit reaches. The transformer attends within 16 x 16-token windows (128 working px)
+that shift by half a window every other block: after its 4 blocks one token can influence
+tokens up to 39 tokens (312 working px) away, in practice the whole region, and the decoder's
+GroupNorm statistics are taken over the whole region. So a re-run of the whole region would let
+every stroke move every other edit a little. The engine therefore defines the synthesis of an
+edit locally: the edited working pixels are grouped into clusters (engine.pipeline.edit_clusters)
+and each cluster is synthesised on a crop of the region's encoder state, the cluster plus
+:data:`~engine.pipeline.EDIT_MARGIN` (48) working pixels of context on the token grid, with the
+decoder normalised by the statistics recorded on the region's predicted-mask run (which makes
+the decoder a local operator: its receptive field is 43 working px around a token). The
+synthesis is used only within :data:`~engine.pipeline.EDIT_FEATHER` (3) working pixels of the
+edited pixels, on top of the prediction's synthesis. A stroke therefore changes the correction
+only (a) where it changed the mask, (b) within 3 + 1 (bilinear upsampling) working pixels of its
+edited pixels, and (c) in the boxes of other edit clusters whose crop it falls into (edits up to
+48 + 7 working px away); at 24 MP a face works at about 1/15 of the photo's resolution, so a
+working pixel is about 15 photo pixels. ``render(a, mask, since=c, rect=r)`` uses this: it
+recomputes only that part, returns it as a partial correction (``Correction.rect``) and gives
+exactly what a full render gives there (tests/test_pipeline.py checks it).
 """
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -29,15 +47,18 @@ import torch
 from engine import faces as _faces
 from engine import pipeline as pl
 from engine import regions as rg
-from engine.compositor import Correction, composite as _composite
+from engine.compositor import Box, Correction, clip_box, composite as _composite
 from engine.errors import Cancelled, ImageError, RetouchError
 from engine.model.checkpoint import load_model
 from engine.model.config import ModelConfig
+from engine.model.fill import anchor_fill_np
+from engine.model.layers import norm_statistics
 from engine.model.retouchformer import Encoded, RetouchFormer
 from engine.paths import default_weights_path
+from engine.features import protection
 from engine.skin import skin_colour
 
-__all__ = ["Retoucher", "Analysis", "Correction", "resolve_device"]
+__all__ = ["Retoucher", "Analysis", "Correction", "RenderPlan", "resolve_device"]
 
 CancelFn = Callable[[], bool] | None
 ProgressFn = Callable[[float, str], None] | None
@@ -46,6 +67,10 @@ ProgressFn = Callable[[float, str], None] | None
 CHANGE_TOLERANCE = 1.0 / 255.0
 #: Long side of the low-resolution copy on which skin-coloured pixels are found (tile planning).
 SKIN_MAP_SIDE = 512
+#: Edit-cluster syntheses remembered per region (a stroke re-synthesises only what it changed).
+SYNTH_MEMO = 48
+#: Context (working px) around a stroke for the classical fill shown while the model runs.
+FILL_MARGIN = 16
 
 
 @dataclass(eq=False)
@@ -53,9 +78,44 @@ class _RegionState:
     region: rg.Region
     enc: Encoded
     x_n: np.ndarray  # working-scale input, n x n x 3 float32
-    mask_n: np.ndarray  # predicted working-scale mask, n x n float32
+    mask_n: np.ndarray  # the mask edits are laid over, n x n float32 (the prediction; see base_for_extra)
     gain_n: np.ndarray  # detail gain, n x n float32
     pred_delta_n: np.ndarray | None = None  # raw synthesis - input for the predicted mask (lazy)
+    pred_mask_n: np.ndarray | None = None  # mask of that synthesis (None: the mask net's own)
+    norm_stats: dict | None = None  # the decoder's GroupNorm statistics on that synthesis
+    memo: OrderedDict = field(default_factory=OrderedDict)  # edit crop -> (mask crop, synthesis - input)
+
+
+@dataclass(frozen=True, eq=False)
+class _Work:
+    """One region's working-scale view of a mask (immutable; shared between renders)."""
+
+    changed: np.ndarray  # bool n x n: where the mask differs from the prediction
+    user: np.ndarray  # float32 n x n: the mask, max-pooled
+    delta: np.ndarray | None  # float32 n x n x 3: the region's correction; None = the prediction's
+
+
+@dataclass(eq=False)
+class _Record:
+    """What a render leaves in ``Correction.work`` for the next, incremental one."""
+
+    analysis: "Analysis"
+    works: dict
+
+
+@dataclass(eq=False)
+class RenderPlan:
+    """Everything :meth:`Retoucher.run_render` needs, taken from the mask by
+    :meth:`Retoucher.plan_render` (so the mask may change once the plan is made)."""
+
+    analysis: "Analysis"
+    mask: np.ndarray | None  # full render: the (clipped) mask, None = the prediction; partial: the mask over rect
+    rect: Box | None = None  # partial: the part of the photo the result covers
+    since: _Record | None = None
+    fill: bool = False
+    maps: dict = field(default_factory=dict)  # partial: region state -> refreshed (changed, user)
+    windows: dict = field(default_factory=dict)  # partial: region state -> working box the edit reaches
+    new_extras: list = field(default_factory=list)  # regions to analyse for strokes outside every region
 
 
 @dataclass(eq=False)
@@ -187,15 +247,76 @@ class Retoucher:
         t = t.permute(2, 0, 1)[None] if t.ndim == 3 else t[None, None]
         return t.to(self._device, torch.float32)
 
-    def _synth_delta(self, state: _RegionState, mask_n: np.ndarray | None) -> np.ndarray:
-        with torch.inference_mode(), self._autocast():
-            _, synth = self.model.synthesize(state.enc, None if mask_n is None else self._tensor(mask_n))
+    def _pred_delta(self, state: _RegionState) -> np.ndarray:
+        """The region's synthesis for its predicted mask (computed once), recording the decoder's
+        normalisation statistics for the edits' local syntheses."""
+        if state.pred_delta_n is None:
+            stats: dict = {}
+            m = None if state.pred_mask_n is None else self._tensor(state.pred_mask_n)
+            with torch.inference_mode(), self._autocast(), norm_statistics("record", stats):
+                _, synth = self.model.synthesize(state.enc, m)
+            y = synth[0].float().permute(1, 2, 0).cpu().numpy()
+            state.norm_stats = stats
+            state.pred_delta_n = (y - state.x_n).astype(np.float32)
+        return state.pred_delta_n
+
+    @staticmethod
+    def _crop_encoded(enc: Encoded, crop: Box) -> Encoded:
+        x0, y0, x1, y1 = crop  # multiples of the token stride (8)
+        t = ModelConfig.TOKEN_STRIDE
+        return Encoded(
+            enc.x[..., y0:y1, x0:x1],
+            [f[..., y0 >> lvl : y1 >> lvl, x0 >> lvl : x1 >> lvl] for lvl, f in enumerate(enc.feats)],
+            enc.frames[..., y0 // t : y1 // t, x0 // t : x1 // t],
+            enc.recon[..., y0:y1, x0:x1],
+            enc.mask[..., y0:y1, x0:x1],
+        )
+
+    def _cluster_synth(self, state: _RegionState, crop: Box, m_crop: np.ndarray) -> np.ndarray:
+        """Synthesis - input over ``crop`` for the working mask ``m_crop`` there (remembered per crop)."""
+        x0, y0, x1, y1 = crop
+        hit = state.memo.get(crop)
+        if hit is not None and np.array_equal(hit[0], m_crop):
+            state.memo.move_to_end(crop)
+            return hit[1]
+        self._pred_delta(state)  # the normalisation statistics
+        with torch.inference_mode(), self._autocast(), norm_statistics("reuse", state.norm_stats):
+            _, synth = self.model.synthesize(self._crop_encoded(state.enc, crop), self._tensor(m_crop))
         y = synth[0].float().permute(1, 2, 0).cpu().numpy()
-        return (y - state.x_n).astype(np.float32)
+        out = (y - state.x_n[y0:y1, x0:x1]).astype(np.float32)
+        state.memo[crop] = (m_crop.copy(), out)
+        while len(state.memo) > SYNTH_MEMO:
+            state.memo.popitem(last=False)
+        return out
+
+    def _edit_delta(self, state: _RegionState, changed: np.ndarray, user: np.ndarray, cancel: CancelFn) -> np.ndarray | None:
+        """The region's working-scale correction for a mask (``changed``/``user``, see
+        :func:`engine.pipeline.edit_maps`): the prediction's synthesis, and each cluster of edits'
+        own synthesis around it. None when nothing was edited (the prediction's)."""
+        if not changed.any():
+            return None
+        pred = self._pred_delta(state)
+        labels, clusters = pl.edit_clusters(changed)
+        new = pred.copy()
+        for cl in clusters:
+            _check_cancel(cancel)
+            x0, y0, x1, y1 = cl.crop  # the model sees this cluster's edits over the prediction
+            own = changed[y0:y1, x0:x1] & (labels[y0:y1, x0:x1] == cl.label)
+            m_in = np.where(own, user[y0:y1, x0:x1], state.mask_n[y0:y1, x0:x1]).astype(np.float32)
+            syn = self._cluster_synth(state, cl.crop, m_in)
+            bx0, by0, bx1, by1 = cl.box
+            sel = labels[by0:by1, bx0:bx1] == cl.label
+            part = new[by0:by1, bx0:bx1]
+            part[sel] = syn[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0][sel]
+        c = pl.edit_blend(changed)
+        return (pred + c[..., None] * (new - pred)).astype(np.float32)
 
     # -- analyse ------------------------------------------------------------------------------
-    def _analyze_region(self, image: np.ndarray, region: rg.Region) -> _RegionState:
-        """Crop, bring to the working scale, run encoder + prior + mask net, measure the detail."""
+    def _analyze_region(self, image: np.ndarray, region: rg.Region, faces: Sequence[_faces.Face] = ()) -> _RegionState:
+        """Crop, bring to the working scale, run encoder + prior + mask net, measure the detail.
+
+        The predicted mask is kept off the eyes, brows, nostrils and lips of ``faces``
+        (engine.features), and away from faces off pixels without a skin colour."""
         crop = pl.extract_crop(image, region)
         x_n = pl.to_work(crop, region.n)
         with torch.inference_mode():
@@ -204,8 +325,20 @@ class Retoucher:
         if region.kind != "face":  # away from faces, keep the mask on skin-coloured pixels
             near = cv2.dilate(skin_colour(x_n).astype(np.uint8), np.ones((5, 5), np.uint8))
             mask_n = mask_n * cv2.GaussianBlur(near.astype(np.float32), (5, 5), 1.0)
+        keep_off = protection(faces, region.crop, region.n)
+        if keep_off is not None:
+            mask_n = mask_n * (1.0 - keep_off)
         gain_n = pl.detail_gain(crop, x_n, mask_n)
         return _RegionState(region, enc, x_n, mask_n, gain_n)
+
+    def _analyze_extra(self, a: "Analysis", region: rg.Region) -> _RegionState:
+        """A region for strokes outside every planned one: edits there are laid over the
+        analysis's mask (not this region's own prediction), as in the rest of the photo."""
+        state = self._analyze_region(a.image, region)
+        x0, y0, x1, y1 = region.box
+        state.mask_n = pl.mask_to_work(a.mask[y0:y1, x0:x1], region)
+        state.pred_mask_n = state.mask_n
+        return state
 
     @staticmethod
     def _skin_map(image: np.ndarray) -> np.ndarray:
@@ -242,14 +375,14 @@ class Retoucher:
         for i, region in enumerate(plan.regions):
             _check_cancel(cancel)
             _report(progress, 0.05 + 0.9 * i / max(1, n), f"Analysing {'face' if region.kind == 'face' else 'skin tile'} {i + 1} of {n}")
-            states.append(self._analyze_region(image, region))
+            states.append(self._analyze_region(image, region, plan.faces))
         _check_cancel(cancel)
         mask = pl.assemble_mask(shape, plan.regions, [s.mask_n for s in states])
         _report(progress, 1.0, plan.message)
         return Analysis(mask, plan, image, states)
 
     # -- render -------------------------------------------------------------------------------
-    def _check_mask(self, a: Analysis, mask: np.ndarray | None) -> np.ndarray:
+    def _check_mask(self, a: Analysis, mask: np.ndarray | None, full: bool = True) -> np.ndarray:
         if mask is None:
             return a.mask
         if not isinstance(mask, np.ndarray) or mask.ndim != 2:
@@ -259,31 +392,13 @@ class Retoucher:
                 f"The mask is {mask.shape[1]}x{mask.shape[0]} but the photo is {a.shape[1]}x{a.shape[0]}; "
                 "masks must have exactly the photo's size."
             )
+        if not full:
+            return mask
         if mask.dtype != np.float32:
             mask = mask.astype(np.float32)
         if not np.isfinite(mask).all():
             raise ImageError("The mask contains invalid values (NaN or infinity).")
         return np.clip(mask, 0.0, 1.0)
-
-    def _region_delta_n(self, a: Analysis, state: _RegionState, mask: np.ndarray, edited: bool) -> np.ndarray:
-        """Working-scale correction of one planned region for ``mask`` (full resolution)."""
-        if state.pred_delta_n is None:
-            state.pred_delta_n = self._synth_delta(state, None)
-        if not edited:
-            return state.pred_delta_n
-        x0, y0, x1, y1 = state.region.box
-        changed = np.abs(mask[y0:y1, x0:x1] - a.mask[y0:y1, x0:x1]) > CHANGE_TOLERANCE
-        if not changed.any():
-            return state.pred_delta_n
-        changed_n = pl.mask_to_work(changed.astype(np.float32), state.region) > 0
-        del changed
-        user_n = pl.mask_to_work(mask[y0:y1, x0:x1], state.region, fill=state.mask_n)
-        m_in = np.where(changed_n, user_n, state.mask_n).astype(np.float32)
-        new = self._synth_delta(state, m_in)
-        # Use the new synthesis around the changed pixels only (1 working pixel grown, then softened).
-        c = cv2.dilate(changed_n.astype(np.float32), np.ones((3, 3), np.uint8))
-        c = np.maximum(cv2.GaussianBlur(c, (5, 5), 1.0), changed_n)
-        return state.pred_delta_n + c[..., None] * (new - state.pred_delta_n)
 
     @staticmethod
     def _changed_small(mask: np.ndarray, pred: np.ndarray, f: int) -> np.ndarray:
@@ -299,53 +414,231 @@ class Retoucher:
         small = cv2.resize(changed, (changed.shape[1] // f, changed.shape[0] // f), interpolation=cv2.INTER_AREA)
         return small > 0
 
-    def _add_extras(self, a: Analysis, mask: np.ndarray) -> None:
-        """Analyse regions, once, for edited mask pixels that no region fully covers (strokes
-        painted where no face crop or skin tile was planned)."""
+    def _extra_regions(self, a: Analysis, mask: np.ndarray, rect: Box | None = None) -> list[rg.Region]:
+        """Regions to analyse for edited mask pixels (inside ``rect``, default: anywhere) that no
+        region fully covers (strokes painted where no face crop or skin tile was planned)."""
         h, w = a.shape
         f = max(1, int(np.ceil(max(h, w) / 1024)))
-        small = self._changed_small(mask, a.mask, f)
+        if rect is None:
+            small = self._changed_small(mask, a.mask, f)
+        else:  # the same cells, computed for the part of the photo under rect only
+            x0, y0, x1, y1 = rect
+            x0, y0, x1, y1 = x0 // f * f, y0 // f * f, min(w, -(-x1 // f) * f), min(h, -(-y1 // f) * f)
+            small = np.zeros((-(-h // f), -(-w // f)), bool)
+            part = self._changed_small(np.ascontiguousarray(mask[y0:y1, x0:x1]), np.ascontiguousarray(a.mask[y0:y1, x0:x1]), f)
+            small[y0 // f : y0 // f + part.shape[0], x0 // f : x0 // f + part.shape[1]] = part
         if not small.any():
-            return
+            return []
         known = [s.region for s in a.states + a.extras]
-        for region in rg.extra_regions(small, f, known, a.shape, a.plan.tile_scale):
-            a.extras.append(self._analyze_region(a.image, region))
+        return rg.extra_regions(small, f, known, a.shape, a.plan.tile_scale)
 
-    def render(self, a: Analysis, mask: np.ndarray | None = None, *, cancel: CancelFn = None) -> Correction:
-        """Correction for ``mask`` (full-resolution HxW float32 in [0, 1]; None = the prediction).
+    @staticmethod
+    def _maps(a: Analysis, state: _RegionState, mask: np.ndarray, origin: tuple[int, int], window: Box | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The region's (changed, user) working maps over ``window`` from ``mask``, an array whose
+        pixel (0, 0) is the photo's pixel ``origin`` (x, y) and which covers the region's box."""
+        x0, y0, x1, y1 = state.region.box
+        ox, oy = origin
+        return pl.edit_maps(mask[y0 - oy : y1 - oy, x0 - ox : x1 - ox], a.mask[y0:y1, x0:x1], state.region, window, CHANGE_TOLERANCE)
 
-        Re-runs only the transformer + synthesis decoder, and only for regions whose mask changed.
-        Strokes painted outside every planned region get regions of their own (analysed once,
-        then kept in the Analysis); they correct only the edited pixels the other regions do not
-        fully cover.
-        """
+    def plan_render(
+        self, a: Analysis, mask: np.ndarray | None = None, *, since: Correction | None = None, rect: Box | None = None,
+        fill: bool = False,
+    ) -> RenderPlan:
+        """The cheap first half of :meth:`render`: read what the render needs from ``mask`` (which
+        may be edited again as soon as this returns; the GUI calls it on its own thread and
+        :meth:`run_render` in a worker). See :meth:`render` for the arguments."""
+        return self._plan(a, mask, since, rect, fill)
+
+    def _plan(self, a: Analysis, mask: np.ndarray | None, since: Correction | None, rect: Box | None, fill: bool) -> RenderPlan:
         if not isinstance(a, Analysis) or a.image is None:
             raise RetouchError("render() needs the Analysis returned by analyze().")
-        m = self._check_mask(a, mask)
-        edited = mask is not None
+        rec = getattr(since, "work", None)
+        if mask is None or rect is None or not isinstance(rec, _Record) or rec.analysis is not a:
+            if fill:
+                raise RetouchError("A fill preview needs the previous correction (since=) and the edited rectangle (rect=).")
+            return RenderPlan(a, None if mask is None else self._check_mask(a, mask))
+        self._check_mask(a, mask, full=False)
+        r = clip_box(rect, a.shape)
+        if r is None:
+            return RenderPlan(a, np.zeros((0, 0), np.float32), (0, 0, 0, 0), rec, fill)
+        plan = RenderPlan(a, None, r, rec, fill)
+        reach: list[Box | None] = [r]
+        for state in a.states + a.extras:
+            if state not in rec.works:  # a region added since: computed whole, from the mask over its box
+                if not fill:
+                    reach.append(state.region.box)
+                continue
+            win = pl.work_window(state.region, r)
+            if win is None:
+                continue
+            wx0, wy0, wx1, wy1 = win
+            changed, user = self._maps(a, state, mask, (0, 0), win)
+            old = rec.works[state]
+            ch, us = old.changed.copy(), old.user.copy()
+            ch[wy0:wy1, wx0:wx1] = changed
+            us[wy0:wy1, wx0:wx1] = user
+            plan.maps[state] = (ch, us)
+            plan.windows[state] = win
+            n = state.region.n
+            boxes: list[Box | None] = [pl.intersect_box(pl.grow(win, pl.EDIT_FEATHER + 1), (0, 0, n, n))]
+            if not fill:  # the clusters the edit joins (or splits, or touches) are synthesised again
+                labels, clusters = pl.edit_clusters(ch)
+                nx0, ny0, nx1, ny1 = pl.intersect_box(pl.grow(win, pl.EDIT_JOIN + 1), (0, 0, n, n))  # type: ignore[misc]
+                hit = set(np.unique(labels[ny0:ny1, nx0:nx1]).tolist())
+                boxes += [cl.box for cl in clusters if cl.label in hit]
+            wb = pl.union_box(boxes)
+            if wb is not None:
+                reach.append(pl.photo_reach(state.region, wb))
+        if not fill:
+            plan.new_extras = self._extra_regions(a, mask, r)
+            reach += [e.box for e in plan.new_extras]
+        x0, y0, x1, y1 = plan.rect = clip_box(pl.union_box(reach), a.shape)  # type: ignore[misc]
+        m = mask[y0:y1, x0:x1].astype(np.float32, copy=True)
+        if not np.isfinite(m).all():
+            raise ImageError("The mask contains invalid values (NaN or infinity).")
+        np.clip(m, 0.0, 1.0, out=m)
+        plan.mask = m
+        return plan
+
+    def run_render(self, plan: RenderPlan, *, cancel: CancelFn = None) -> Correction:
+        """The model half of :meth:`render` for a plan from :meth:`plan_render` (reads no mask)."""
+        a = plan.analysis
+        if plan.rect is None:
+            return self._render_full(a, plan.mask, cancel)
+        if plan.rect[2] <= plan.rect[0] or plan.rect[3] <= plan.rect[1]:
+            return Correction(a.shape, a.image.dtype, [], [s.region.box for s in a.states + a.extras], plan.rect,
+                              None if plan.fill else plan.since)
+        return self._render_part(plan, cancel)
+
+    def _render_full(self, a: Analysis, m: np.ndarray | None, cancel: CancelFn) -> Correction:
+        edited = m is not None
         if edited:
             _check_cancel(cancel)
-            self._add_extras(a, m)
+            for region in self._extra_regions(a, m):
+                a.extras.append(self._analyze_extra(a, region))
+        mm = a.mask if m is None else m
         states = a.states + (a.extras if edited else [])
+        works: dict = {}
         results: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = []
         only: list[np.ndarray | None] = []
         for state in states:
             _check_cancel(cancel)
             x0, y0, x1, y1 = state.region.box
-            if not m[y0:y1, x0:x1].any():
+            if edited:
+                changed, user = self._maps(a, state, m, (0, 0))
+            else:
+                changed = np.zeros((state.region.n,) * 2, bool)
+                user = np.zeros((state.region.n,) * 2, np.float32)
+            delta = self._edit_delta(state, changed, user, cancel)
+            works[state] = _Work(changed, user, delta)
+            if not mm[y0:y1, x0:x1].any():
                 results.append(None)
                 only.append(None)
                 continue
-            if state.region.kind == "extra":  # only the edited pixels
-                sel = np.abs(m[y0:y1, x0:x1] - a.mask[y0:y1, x0:x1]) > CHANGE_TOLERANCE
-                delta_n = self._synth_delta(state, pl.mask_to_work(m[y0:y1, x0:x1], state.region))
-                only.append(sel.astype(np.float32))
-            else:
-                delta_n = self._region_delta_n(a, state, m, edited)
-                only.append(None)
-            results.append((state.x_n, delta_n, state.gain_n))
+            results.append((state.x_n, self._pred_delta(state) if delta is None else delta, state.gain_n))
+            only.append(self._only(a, state, mm, (0, 0), state.region.box))
         _check_cancel(cancel)
-        return pl.assemble_correction(a.image, m, [s.region for s in states], results, only)
+        c = pl.assemble_correction(a.image, mm, [s.region for s in states], results, only)
+        c.work = _Record(a, works)
+        return c
+
+    @staticmethod
+    def _only(a: Analysis, state: _RegionState, mask: np.ndarray, origin: tuple[int, int], sub: Box) -> np.ndarray | None:
+        """For a region added for strokes outside the planned ones: its edited pixels over
+        ``sub`` (it corrects only those); None for the planned regions."""
+        if state.region.kind != "extra":
+            return None
+        x0, y0, x1, y1 = sub
+        ox, oy = origin
+        return (np.abs(mask[y0 - oy : y1 - oy, x0 - ox : x1 - ox] - a.mask[y0:y1, x0:x1]) > CHANGE_TOLERANCE).astype(np.float32)
+
+    def _render_part(self, plan: RenderPlan, cancel: CancelFn) -> Correction:
+        a, rec, r = plan.analysis, plan.since, plan.rect
+        assert rec is not None and r is not None and plan.mask is not None
+        origin = (r[0], r[1])
+        works = dict(rec.works)
+        deltas: dict = {}
+        if not plan.fill:
+            for region in plan.new_extras:
+                _check_cancel(cancel)
+                a.extras.append(self._analyze_extra(a, region))
+            for state in a.states + a.extras:
+                if state not in works:  # its box lies inside rect (see _plan)
+                    _check_cancel(cancel)
+                    changed, user = self._maps(a, state, plan.mask, origin)
+                    works[state] = _Work(changed, user, self._edit_delta(state, changed, user, cancel))
+            for state, (changed, user) in plan.maps.items():
+                _check_cancel(cancel)
+                works[state] = _Work(changed, user, self._edit_delta(state, changed, user, cancel))
+        else:
+            for state, (changed, user) in plan.maps.items():
+                if state.pred_delta_n is not None:
+                    deltas[state] = self._fill_delta(state, works[state], changed, user, plan.windows[state])
+        states = [s for s in a.states + a.extras if s in works]
+        results: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = []
+        only: list[np.ndarray | None] = []
+        for state in states:
+            sub = pl.intersect_box(state.region.box, r)
+            delta = deltas.get(state, works[state].delta)
+            if sub is None or (delta is None and state.pred_delta_n is None and plan.fill):
+                results.append(None)
+                only.append(None)
+                continue
+            results.append((state.x_n, self._pred_delta(state) if delta is None else delta, state.gain_n))
+            only.append(self._only(a, state, plan.mask, origin, sub))
+        _check_cancel(cancel)
+        c = pl.assemble_correction(a.image, plan.mask, [s.region for s in states], results, only, rect=r)
+        c.work = None if plan.fill else _Record(a, works)
+        return c
+
+    def _fill_delta(self, state: _RegionState, old: _Work, changed: np.ndarray, user: np.ndarray, win: Box) -> np.ndarray:
+        """The previous correction with the classical fill (the model's anchor) in place of the
+        synthesis around the edit in ``win``: what the GUI shows while the model runs."""
+        n = state.region.n
+        fw = pl.intersect_box(pl.grow(win, pl.EDIT_FEATHER + 1 + FILL_MARGIN), (0, 0, n, n))
+        inner = pl.intersect_box(pl.grow(win, pl.EDIT_FEATHER), (0, 0, n, n))
+        pred = state.pred_delta_n
+        delta = (pred if old.delta is None else old.delta).copy()
+        if fw is None or inner is None:
+            return delta
+        fx0, fy0, fx1, fy1 = fw
+        ch = changed[fy0:fy1, fx0:fx1]
+        m_in = np.where(ch, user[fy0:fy1, fx0:fx1], state.mask_n[fy0:fy1, fx0:fx1]).astype(np.float32)
+        x = state.x_n[fy0:fy1, fx0:fx1]
+        filled = anchor_fill_np(x, m_in, float(self.model.synthesis.texture_sigma)) - x
+        c = pl.edit_blend(ch)
+        ix0, iy0, ix1, iy1 = inner
+        sl = (slice(iy0 - fy0, iy1 - fy0), slice(ix0 - fx0, ix1 - fx0))
+        p = pred[iy0:iy1, ix0:ix1]
+        delta[iy0:iy1, ix0:ix1] = p + c[sl][..., None] * (filled[sl] - p)
+        return delta
+
+    def render(
+        self,
+        a: Analysis,
+        mask: np.ndarray | None = None,
+        *,
+        since: Correction | None = None,
+        rect: Box | None = None,
+        fill: bool = False,
+        cancel: CancelFn = None,
+    ) -> Correction:
+        """Correction for ``mask`` (full-resolution HxW float32 in [0, 1]; None = the prediction).
+
+        Re-runs only the transformer + synthesis decoder, and only for regions whose mask changed
+        (each cluster of edits on a crop of its own: see the module's docstring). Strokes painted
+        outside every planned region get regions of their own (analysed once, then kept in the
+        Analysis); they correct only the edited pixels the other regions do not fully cover.
+
+        Incremental (a brush stroke): ``since`` is a correction rendered earlier from this
+        analysis and ``rect`` (x0, y0, x1, y1) a box that contains every pixel where ``mask``
+        differs from the mask ``since`` was rendered from. The result then covers only the part
+        of the photo the change can affect (its ``rect``; merge it with ``since.update(result)``)
+        and equals that part of a full render exactly. ``fill=True`` gives, in tens of
+        milliseconds, the same with the classical fill the model is anchored on in place of the
+        model's synthesis around the edit (a preview shown while the model runs; not to merge).
+        """
+        return self.run_render(self._plan(a, mask, since, rect, fill), cancel=cancel)
 
     # -- conveniences ---------------------------------------------------------------------------
     @staticmethod
