@@ -20,3 +20,11 @@ def resources_dir() -> Path:
 
 def default_weights_path() -> Path:
     return resources_dir() / "models" / DEFAULT_MODEL_NAME
+
+
+#: The YuNet face detector (OpenCV model zoo, MIT) under resources/models/yunet/.
+YUNET_FILE = "face_detection_yunet_2023mar.onnx"
+
+
+def yunet_path() -> Path:
+    return resources_dir() / "models" / "yunet" / YUNET_FILE

@@ -121,14 +121,14 @@ import sys
 sys.path.insert(0, sys.argv[1])
 import bundle_config as c
 try:
-    c.variant(); c.model_datas(required=[c.default_model_name()]); c.cascade_datas()
+    c.variant(); c.model_datas(required=[c.default_model_name()]); c.detector_datas()
 except c.BundleError as exc:
     sys.exit(str(exc))
 """
 
 
 def preflight(py: Path, env: dict[str, str]) -> None:
-    """What the spec will collect exists (weights, model card, cascades): one-line errors, no traceback."""
+    """What the spec will collect exists (weights, model card, face detector): one-line errors, no traceback."""
     out = subprocess.run([str(py), "-c", _PREFLIGHT, str(PACKAGING)], env=env, cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
         lines = out.stderr.strip().splitlines()

@@ -38,9 +38,10 @@ VARIANTS = ("cpu", "cuda")
 #: Where the model files go inside the bundle; engine.paths.resources_dir() looks in
 #: ``sys._MEIPASS / "resources"`` when frozen.
 MODELS_DEST = "resources/models"
-#: Where the Haar cascades go: ``cv2.data.haarcascades`` is ``<cv2.data package folder>/``, which in
-#: a bundle is ``sys._MEIPASS/cv2/data/``.
-CASCADES_DEST = "cv2/data"
+#: Where the YuNet face detector (+ its licence and source note) goes: engine.paths.yunet_path()
+#: is ``resources_dir() / "models/yunet/<file>"``. Always taken from the repository's resources.
+DETECTOR_DEST = "resources/models/yunet"
+DETECTOR_DIR = REPO_ROOT / "resources" / "models" / "yunet"
 
 #: Modules the app never imports (checked against the unfrozen self-test's ``sys.modules``).
 #: PyInstaller's ``excludes`` also drops each name's submodules and (for Qt) their plugins.
@@ -201,29 +202,23 @@ def model_datas(folder: Path | None = None, required: Sequence[str] = ()) -> lis
     return [(str(p), MODELS_DEST) for p in weights + [card]]
 
 
-def cascade_names() -> list[str]:
-    """The Haar cascade files engine.faces loads: its module-level ``*.xml`` string constants."""
+def detector_datas(folder: Path | None = None) -> list[tuple[str, str]]:
+    """``(source, dest folder)`` pairs for the face detector engine.faces loads (YuNet, through
+    engine.paths.yunet_path), with its LICENSE and SOURCE.md."""
     _engine_importable()
     import engine.faces as faces  # cv2 + numpy only; never Qt or torch
+    from engine import paths
 
-    names = sorted({v for v in vars(faces).values() if isinstance(v, str) and v.endswith(".xml")})
-    if not names:
-        raise BundleError("engine/faces.py names no Haar cascade (*.xml) to bundle.")
-    return names
-
-
-def cascade_datas() -> list[tuple[str, str]]:
-    """``(source, dest folder)`` pairs for the cascades, placed where ``cv2.data.haarcascades`` points."""
-    import cv2
-
-    base = Path(cv2.data.haarcascades)
-    out = []
-    for name in cascade_names():
-        path = base / name
-        if not path.is_file():
-            raise BundleError(f"OpenCV's {name} is missing from {base}; reinstall opencv-python-headless.")
-        out.append((str(path), CASCADES_DEST))
-    return out
+    if getattr(faces, "yunet_path", None) is not paths.yunet_path:
+        raise BundleError("engine/faces.py does not load its model through engine.paths.yunet_path(); "
+                          "update bundle_config.detector_datas() to bundle what it loads.")
+    folder = DETECTOR_DIR if folder is None else Path(folder)
+    needed = [paths.YUNET_FILE, "LICENSE", "SOURCE.md"]
+    missing = [name for name in needed if not (folder / name).is_file()]
+    if missing:
+        raise BundleError(f"The face detector files {', '.join(missing)} are missing from {folder}; "
+                          "restore resources/models/yunet/ from the repository before building.")
+    return [(str(folder / name), DETECTOR_DEST) for name in needed]
 
 
 def _engine_importable() -> None:

@@ -106,14 +106,15 @@ def test_spec_builds_one_folder_with_windowed_app_and_console_cli(monkeypatch, t
     assert coll.args[0] is gui and coll.args[1] is cli
 
 
-def test_spec_bundles_weights_cascades_and_icon_fonts(monkeypatch, tmp_path):
+def test_spec_bundles_weights_face_detector_and_icon_fonts(monkeypatch, tmp_path):
     models = _models(tmp_path / "models")
     a = _exec_spec(monkeypatch, models, "cpu")["a"]
     datas = {d[0]: d[1] for d in a.datas}
     assert datas["resources/models/small.safetensors"] == str(models / "small.safetensors")
     assert datas["resources/models/MODEL_CARD.md"] == str(models / "MODEL_CARD.md")
-    assert Path(datas["cv2/data/haarcascade_frontalface_default.xml"]).is_file()
-    assert Path(datas["cv2/data/haarcascade_profileface.xml"]).is_file()
+    for name in ("face_detection_yunet_2023mar.onnx", "LICENSE", "SOURCE.md"):
+        assert Path(datas[f"resources/models/yunet/{name}"]).is_file()
+    assert not any(dest.startswith("cv2/data/") for dest in datas)  # no Haar cascades any more
     fonts = [dest for dest in datas if dest.startswith("qtawesome/fonts/")]
     assert any(n.endswith(".ttf") for n in fonts) and any(n.endswith(".json") for n in fonts)
 
@@ -159,15 +160,21 @@ def test_bundled_weights_land_where_the_frozen_engine_looks(monkeypatch, tmp_pat
     assert paths.default_weights_path() == expected
 
 
-def test_cascades_land_where_cv2_data_points():
-    import cv2
+def test_face_detector_lands_where_the_frozen_engine_looks(monkeypatch, tmp_path):
+    from engine import paths
 
-    # cv2.data.haarcascades is the cv2/data package folder; the bundle mirrors that layout.
-    cv2_dir = Path(cv2.__file__).resolve().parent
-    assert Path(cv2.data.haarcascades).resolve().relative_to(cv2_dir.parent).as_posix() == cfg.CASCADES_DEST
-    pairs = cfg.cascade_datas()
-    assert {Path(src).name for src, _ in pairs} >= {"haarcascade_frontalface_default.xml"}
-    assert all(Path(src).is_file() and dest == cfg.CASCADES_DEST for src, dest in pairs)
+    monkeypatch.delenv("RETOUCH_RESOURCES", raising=False)
+    monkeypatch.setattr(sys, "_MEIPASS", str(tmp_path), raising=False)
+    pairs = cfg.detector_datas()
+    assert all(Path(src).is_file() and dest == cfg.DETECTOR_DEST for src, dest in pairs)
+    assert tmp_path / cfg.DETECTOR_DEST / paths.YUNET_FILE == paths.yunet_path()
+    assert {Path(src).name for src, _ in pairs} == {paths.YUNET_FILE, "LICENSE", "SOURCE.md"}
+
+
+def test_missing_face_detector_stops_the_build(tmp_path):
+    (tmp_path / "LICENSE").write_text("MIT", encoding="utf-8")
+    with pytest.raises(cfg.BundleError, match="face detector files face_detection_yunet_2023mar.onnx, SOURCE.md"):
+        cfg.detector_datas(tmp_path)
 
 
 @pytest.mark.parametrize("names, card, needle", [
@@ -240,7 +247,7 @@ def test_cpu_bundle_builds_and_passes_its_self_test(tmp_path):
     bundle = build.bundle_dir(PACKAGING / "dist" / "cpu")
     internal = bundle / "_internal"
     assert (internal / cfg.MODELS_DEST / cfg.default_model_name()).is_file()
-    assert (internal / "cv2" / "data" / "haarcascade_frontalface_default.xml").is_file()
+    assert (internal / cfg.DETECTOR_DEST / "face_detection_yunet_2023mar.onnx").is_file()
     assert not (internal / "torch" / "include").exists()
     assert not list(internal.rglob("libtorch_cuda*")) and not (internal / "nvidia").exists()
     assert not list(internal.rglob("*QtWebEngine*")) and not (internal / "tkinter").exists()
