@@ -103,3 +103,20 @@ def test_eval_at_face_sizes_runs_the_whole_pipeline(setup, capsys) -> None:
     assert "| 60 |" in printed and "| 120 |" in printed
     with pytest.raises(SystemExit):
         evaluate.main(["--face-size", "big", "--clean", str(setup["faces"])])
+
+
+def test_calibrate_picks_a_mask_floor_on_validation_faces(setup, capsys, tmp_path) -> None:
+    from engine.model import load_model
+    from engine.training import calibrate
+
+    out = tmp_path / "calibrated.safetensors"
+    assert calibrate.main([str(setup["weights"]), "--clean", str(setup["faces"]), "--count", "2", "--offset", "0", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    chosen = float(printed.split("chosen floor: ")[1].split()[0])
+    assert printed.count("\n| 0.") == len(calibrate.FLOORS)
+    model = load_model(out)
+    assert model.config.mask_floor == chosen
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        raw = torch.sigmoid(model.mask_logits(x, model.encode(x).recon, ema=True))
+        torch.testing.assert_close(model.encode(x).mask, model.calibrate(raw, chosen))

@@ -47,6 +47,9 @@ class ModelConfig:
     # The presets set 1.6; the default, 1.0, is the scale of checkpoints written before it existed
     # (SCUT-FBP5500 faces at 256 px).
     work_px_per_mm: float = 1.0
+    # Calibration of the predicted mask, fitted on validation faces after training
+    # (engine.training.calibrate): values below the floor are dropped, the rest stretched to 0..1.
+    mask_floor: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     TOKEN_STRIDE = 8  # the token grid is 1/8 of the image
@@ -64,6 +67,8 @@ class ModelConfig:
             raise ValueError("image_size must be a multiple of 16")
         if not self.work_px_per_mm > 0:
             raise ValueError("work_px_per_mm must be positive")
+        if not 0.0 <= self.mask_floor < 1.0:
+            raise ValueError("mask_floor must be in [0, 1)")
 
     @property
     def frames(self) -> tuple[int, ...]:

@@ -78,8 +78,13 @@ class RetouchFormer(nn.Module):
         self._check_input(x)
         feats = self.encoder(x)
         recon = self.prior(feats, x).recon
-        mask = torch.sigmoid(self.mask_logits(x, recon, ema=True))
+        mask = self.calibrate(torch.sigmoid(self.mask_logits(x, recon, ema=True)))
         return Encoded(x, feats, self.tokens(feats), recon, mask)
+
+    def calibrate(self, mask: torch.Tensor, floor: float | None = None) -> torch.Tensor:
+        """H̄'s soft mask with the calibration floor applied (``config.mask_floor`` unless given)."""
+        f = self.config.mask_floor if floor is None else floor
+        return mask if f <= 0 else ((mask - f) / (1.0 - f)).clamp(0.0, 1.0)
 
     def token_weights(self, mask: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """f_H: the pixel mask brought to the token grid (max-pooled so small blemishes count)."""
