@@ -142,6 +142,25 @@ def test_three_quarter_view():
     assert 0.7 * 0.6 < face.px_per_mm < 0.8  # ~0.7 x the upright face's scale horizontally
 
 
+def test_face_cut_by_the_frame_keeps_its_width():
+    whole = detect(ASTRONAUT)[0]
+    cut = detect(np.ascontiguousarray(ASTRONAUT[:, 190:]))  # the face's left 12 px are outside
+    assert len(cut) == 1
+    face = cut[0]
+    assert face.box[0] == 0 and face.width > face.box[2] - face.box[0] + 5  # clipped box, whole width
+    assert face.px_per_mm == pytest.approx(whole.px_per_mm, rel=0.1)
+
+
+def test_face_under_salt_and_pepper_noise():
+    rng = np.random.default_rng(0)
+    photo = ASTRONAUT.copy()
+    noise = rng.random(photo.shape[:2])
+    photo[noise < 0.05], photo[(noise >= 0.05) & (noise < 0.1)] = 0, 255  # 10 % of the pixels
+    found = detect(photo)  # YuNet alone finds nothing here; a median-filtered copy is searched
+    assert len(found) == 1 and _iou(found[0].box, FACE_BOX) > 0.7
+    _assert_face_like(found[0])
+
+
 def test_16_bit_photo_gives_the_8_bit_result():
     eight = detect(ASTRONAUT)
     sixteen = detect(ASTRONAUT.astype(np.uint16) * 257)
