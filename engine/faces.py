@@ -40,8 +40,6 @@ turned by 0 and +-30 degrees, and take the landmarks of the copy YuNet is surest
 :class:`cv2.FaceDetectorYN` objects are not thread-safe: each thread gets its own (up to five,
 one per input size: changing a detector's input size costs about as much as a detection; they
 hold about 200 MB per thread after a 24 MP photo).
-
-:func:`detect_faces` (boxes only) is kept while callers move to :func:`detect`.
 """
 from __future__ import annotations
 
@@ -56,7 +54,7 @@ from engine.errors import RetouchError
 from engine.paths import yunet_path
 
 __all__ = [
-    "Box", "Face", "detect", "detect_faces",
+    "Box", "Face", "detect",
     "SCORE_THRESHOLD", "COARSE_LONG_SIDE", "FINE_LONG_SIDE", "EYE_DISTANCE_MM", "FACE_WIDTH_MM",
 ]
 
@@ -438,7 +436,3 @@ def detect(image: np.ndarray, *, threshold: float = SCORE_THRESHOLD) -> list[Fac
     out = [f for f in (_face(r, shape) for r in faces) if f is not None]
     return sorted(out, key=lambda f: (f.box[1], f.box[0]))
 
-
-def detect_faces(image: np.ndarray, **kw) -> list[Box]:
-    """Face boxes only (transitional: callers move to :func:`detect`)."""
-    return [f.box for f in detect(image, **kw)]

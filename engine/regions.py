@@ -63,6 +63,9 @@ MAX_UPSCALE = 4.0
 #: Smallest working side (px) of a region, and the multiple every working side is rounded to.
 MIN_WORK = 64
 MULTIPLE = 16
+#: The photo's scale comes from faces at least this sure (a lone unsure "face" in a close-up of
+#: skin gets its own crop, but does not set the scale of the rest of the photo).
+SURE_FACE = 0.8
 #: A tile is kept when at least this share of its (low-resolution) pixels has a skin colour.
 MIN_SKIN = 0.02
 
@@ -117,13 +120,15 @@ def _round_work(v: float) -> int:
 
 def photo_scale(shape: tuple[int, int], faces: Sequence[Face], blemish_size: float | None = None) -> tuple[float, str]:
     """The photo's scale in px/mm and where it came from: the user's blemish size (px across a
-    :data:`TYPICAL_BLEMISH_MM` blemish), else the faces' median, else the no-face default."""
+    :data:`TYPICAL_BLEMISH_MM` blemish), else the median of the faces at least :data:`SURE_FACE`
+    sure (or the surest of several), else the no-face default."""
     if blemish_size is not None:
         if not (math.isfinite(blemish_size) and blemish_size > 0):
             raise ValueError(f"The blemish size must be a positive number of pixels, not {blemish_size}.")
         return float(blemish_size) / TYPICAL_BLEMISH_MM, "user"
-    if faces:
-        return float(np.median([f.px_per_mm for f in faces])), "faces"
+    sure = [f for f in faces if f.score >= SURE_FACE] or ([max(faces, key=lambda f: f.score)] if len(faces) > 1 else [])
+    if sure:
+        return float(np.median([f.px_per_mm for f in sure])), "faces"
     return min(int(shape[0]), int(shape[1])) / NO_FACE_FIELD_MM, "default"
 
 

@@ -83,3 +83,12 @@ def test_extra_regions_only_where_nothing_covers() -> None:
     assert len(extra) == 1 and extra[0].kind == "extra" and extra[0].tier == 1
     x0, y0, x1, y1 = extra[0].box
     assert x0 <= 20 and y0 <= 20 and x1 >= 60 and y1 >= 50
+
+
+def test_a_lone_unsure_face_does_not_set_the_photo_scale() -> None:
+    unsure = fake_face((400, 300, 440, 340), score=0.62)  # a made-up 'face' in a close-up of skin
+    plan = rg.plan_regions((1200, 1600), [unsure], WORK)
+    assert plan.source == "default" and plan.px_per_mm == pytest.approx(1200 / rg.NO_FACE_FIELD_MM)
+    assert plan.regions[0].kind == "face"  # it still gets its own crop
+    sure = rg.plan_regions((1200, 1600), [fake_face((400, 300, 680, 580), score=0.95), unsure], WORK)
+    assert sure.source == "faces" and sure.px_per_mm == pytest.approx(2.0)
