@@ -227,7 +227,7 @@ class WorkingSpace:
             back -= p
             back[~np.any(patch.delta != 0, axis=-1)] = 0.0
             patches.append(Patch(patch.box, back.astype(store)))
-        return Correction(correction.shape, correction.dtype, patches, list(correction.regions))
+        return Correction(correction.shape, correction.dtype, patches, list(correction.regions), correction.rect, correction.work)
 
 
 def retouch_photo(retoucher, pixels: np.ndarray, icc: bytes | None, mask: np.ndarray | None = None,

@@ -14,11 +14,16 @@ normalised where regions overlap), so no seams appear.
 
 The storage dtype is ``float16`` for 8-bit photos (plenty of precision for steps of 1/255) and
 ``float32`` for 16-bit photos (no precision loss).
+
+A brush stroke changes a small part of the photo: the engine can render a correction for a
+rectangle only (``Correction.rect``), :meth:`Correction.update` puts it in place of that rectangle
+of the previous correction (sharing, not copying, the rest), and :func:`composite` can composite a
+rectangle only. Compositing is pointwise, so the rectangle is exactly what a full composite gives.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -67,12 +72,21 @@ class Patch:
 
 @dataclass
 class Correction:
-    """A full-resolution correction for an ``HxW`` photo of ``dtype``, as disjoint patches."""
+    """A full-resolution correction for an ``HxW`` photo of ``dtype``, as disjoint patches.
+
+    ``rect`` is None for a correction of the whole photo; a *partial* correction (rendered for
+    a brush stroke) describes only the pixels of ``rect`` (zero there outside its patches) and is
+    merged into the previous correction with :meth:`update`. ``work`` is the engine's
+    working-scale record of the mask it was rendered from, which lets the next stroke be
+    rendered incrementally (opaque here).
+    """
 
     shape: tuple[int, int]
     dtype: np.dtype
     patches: list[Patch] = field(default_factory=list)
     regions: list[Box] = field(default_factory=list)  # the model regions it came from (informative)
+    rect: Box | None = None
+    work: Any = field(default=None, repr=False, compare=False)
 
     @property
     def nbytes(self) -> int:
@@ -80,6 +94,30 @@ class Correction:
 
     def is_empty(self) -> bool:
         return not self.patches
+
+    def update(self, partial: "Correction") -> "Correction":
+        """This correction with ``partial.rect`` replaced by ``partial`` (a new Correction; this one
+        is left as it is). The patches outside the rectangle are shared as views, not copied, so
+        the cost and the memory are those of the rectangle. A partial without ``rect`` (a full
+        correction) is returned as it is."""
+        if partial.rect is None:
+            return partial
+        if tuple(partial.shape) != tuple(self.shape) or np.dtype(partial.dtype) != np.dtype(self.dtype):
+            raise ImageError("The two corrections were computed for different images.")
+        rx0, ry0, rx1, ry1 = partial.rect
+        kept: list[Patch] = []
+        for p in self.patches:
+            px0, py0, px1, py1 = p.box
+            if px1 <= rx0 or px0 >= rx1 or py1 <= ry0 or py0 >= ry1:
+                kept.append(p)
+                continue
+            my0, my1 = max(py0, ry0), min(py1, ry1)  # the rows beside the rectangle
+            for bx0, by0, bx1, by1 in ((px0, py0, px1, my0), (px0, my1, px1, py1), (px0, my0, min(px1, rx0), my1),
+                                       (max(px0, rx1), my0, px1, my1)):
+                if bx1 > bx0 and by1 > by0:
+                    kept.append(Patch((bx0, by0, bx1, by1), p.delta[by0 - py0 : by1 - py0, bx0 - px0 : bx1 - px0]))
+        regions = partial.regions or self.regions
+        return Correction(self.shape, self.dtype, kept + list(partial.patches), list(regions), None, partial.work)
 
 
 class CorrectionBuilder:
@@ -132,12 +170,13 @@ class CorrectionBuilder:
         return Correction(self.shape, self.dtype, patches, list(regions))
 
 
-def composite(image: np.ndarray, correction: Correction, strength: float = 1.0) -> np.ndarray:
+def composite(image: np.ndarray, correction: Correction, strength: float = 1.0, rect: Box | None = None) -> np.ndarray:
     """``image + strength * delta`` inside the correction's boxes (rounded, clipped), the input elsewhere.
 
     Returns a new array of the same shape and dtype; ``strength`` 0 returns an exact copy.
     The image is copied once and only the boxes are touched, so a re-composite of a 24-MP photo
-    costs one memory copy plus the work on the retouched areas.
+    costs one memory copy plus the work on the retouched areas. With ``rect`` only that part of
+    the photo is composited and returned (``image[y0:y1, x0:x1]`` with the correction applied).
     """
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
         raise ImageError(f"The image must be an HxWx3 RGB array, got shape {getattr(image, 'shape', None)}.")
@@ -150,18 +189,29 @@ def composite(image: np.ndarray, correction: Correction, strength: float = 1.0) 
     s = float(strength)
     if not np.isfinite(s) or not 0.0 <= s <= 1.0:
         raise RetouchError(f"Strength must be between 0 and 1, not {strength}.")
-    out = image.copy()
+    if rect is None:
+        ax0, ay0, ax1, ay1 = 0, 0, image.shape[1], image.shape[0]
+    else:
+        clipped = _clip_box(rect, image.shape[:2])
+        if clipped is None:
+            raise RetouchError(f"The rectangle {rect} lies outside the {image.shape[1]}x{image.shape[0]} image.")
+        ax0, ay0, ax1, ay1 = clipped
+    out = image[ay0:ay1, ax0:ax1].copy()
     if s == 0.0:
         return out
     for patch in correction.patches:
-        x0, y0, x1, y1 = patch.box
-        f = patch.delta.astype(np.float32)  # one float buffer the size of the box
+        box = _intersect(patch.box, (ax0, ay0, ax1, ay1))
+        if box is None:
+            continue
+        x0, y0, x1, y1 = box
+        px0, py0 = patch.box[0], patch.box[1]
+        f = patch.delta[y0 - py0 : y1 - py0, x0 - px0 : x1 - px0].astype(np.float32)  # one float buffer the size of the box
         if s != 1.0:
             f *= np.float32(s)
         f += image[y0:y1, x0:x1]
         np.rint(f, out=f)
         np.clip(f, 0.0, top, out=f)
-        out[y0:y1, x0:x1] = f
+        out[y0 - ay0 : y1 - ay0, x0 - ax0 : x1 - ax0] = f
     return out
 
 
@@ -211,16 +261,20 @@ def _weight(crop: Box, ramp: float, shape: tuple[int, int], sub: Box) -> np.ndar
     return wy[:, None] * wx[None, :]
 
 
-def blend_weights(crops: Sequence[Box], ramps: Sequence[float], shape: tuple[int, int], index: int) -> tuple[Box, np.ndarray]:
-    """Normalised blending weight of region ``index`` over its (clipped) box.
+def blend_weights(crops: Sequence[Box], ramps: Sequence[float], shape: tuple[int, int], index: int,
+                  sub: Box | None = None) -> tuple[Box, np.ndarray]:
+    """Normalised blending weight of region ``index`` over its (clipped) box, or over the part
+    ``sub`` of it (the same values: every pixel's weight depends only on its position).
 
     Weight = w_i / max(1, sum_j w_j): a weighted average where regions overlap (their ramps sum to
     at least 1 there when overlaps are at least one ramp wide, as with the tiles), and a smooth
     fade to 0 at a lone region's interior border. Returns (box, weights (h, w) float32).
     """
     box = _clip_box(crops[index], shape)
+    if sub is not None:
+        box = _intersect(box, sub)
     if box is None:
-        raise ValueError("region lies outside the image")
+        raise ValueError("region lies outside the image (or the requested part)")
     own = _weight(crops[index], ramps[index], shape, box)
     total = own.copy()
     for j, crop in enumerate(crops):

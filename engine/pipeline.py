@@ -12,18 +12,27 @@ full-resolution result assembled from the regions (no torch here).
   local skin grain, so the blemish's sharp outline goes while pores and grain stay;
 * :func:`assemble_mask` and :func:`assemble_correction` combine the regions' results into one
   full-resolution mask and one :class:`~engine.compositor.Correction` (feathered where regions
-  overlap; tier-1 regions, the skin tiles, only fill what the face crops leave).
+  overlap; tier-1 regions, the skin tiles, only fill what the face crops leave);
+* :func:`edit_clusters` and :func:`edit_blend` say where a brushed edit is synthesised: each
+  group of edited working pixels on a crop of its own (the edit and :data:`EDIT_MARGIN` working
+  pixels around it), its synthesis used only within :data:`EDIT_FEATHER` pixels of the edit.
 
-Every full-resolution float buffer is confined to one region's box.
+Every function that maps between the photo and the working grid is *pointwise*: a value at a
+photo pixel (or a working pixel) depends on that pixel's position and the inputs, never on which
+part is being computed. So a brush stroke's result can be computed for a rectangle only
+(``window`` / ``sub`` / ``rect`` arguments) and equals the same rectangle of a full computation
+exactly; :func:`work_window` and :func:`photo_reach` give the rectangles that correspond.
+
+Every full-resolution float buffer is confined to one region's box (or the requested rectangle).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import cv2
 import numpy as np
 
-from engine.compositor import Correction, CorrectionBuilder, blend_weights, coverage, dtype_max
+from engine.compositor import Box, Correction, CorrectionBuilder, blend_weights, coverage, dtype_max
 from engine.errors import ImageError
 from engine.imageio import to_float
 from engine.regions import Region
@@ -41,13 +50,42 @@ __all__ = [
     "assemble_mask",
     "assemble_correction",
     "mask_to_work",
+    "edit_maps",
     "crop_window",
+    "work_window",
+    "photo_reach",
+    "grow",
+    "union_box",
+    "intersect_box",
+    "EditCluster",
+    "edit_clusters",
+    "edit_blend",
+    "EDIT_MARGIN",
+    "EDIT_JOIN",
+    "EDIT_FEATHER",
 ]
 
 #: Smallest photo side the pipeline accepts.
 MIN_SIDE = 64
 #: Predicted mask values below this (half an 8-bit step) are set to exactly 0.
 MASK_FLOOR = 0.5 / 255.0
+#: A brushed edit's synthesis is used this many working pixels around the edited pixels
+#: (:func:`edit_blend`: a 3x3 dilation, then a 5x5 Gaussian).
+EDIT_FEATHER = 3
+#: Edited working pixels closer than 2 * EDIT_JOIN + 2 px (34 px, about 2 cm of skin) are
+#: synthesised together, as one cluster.
+EDIT_JOIN = 16
+#: Context (working px, 2 cm of skin) around a cluster of edits that the model sees. Measured on
+#: 40 held-out synthetic pairs with every blemish brushed over the predicted mask: PSNR inside the
+#: blemishes 28.71 dB with clusters on crops of margin 32, against 28.47 dB for one run over the
+#: whole image (28.63 with margin 48, 28.73 with 24; the model was trained on 128-px crops).
+EDIT_MARGIN = 32
+#: Crops start and end on the token grid (the transformer's tokens are 8x8 working pixels).
+EDIT_ALIGN = 8
+#: Rows of photo pixels processed at once where a large box is resampled (bounds the memory).
+_STRIP = 256
+
+
 def check_image(image: object, name: str = "image") -> np.ndarray:
     """Validate an ``HxWx3`` RGB ``uint8``/``uint16`` photo of at least :data:`MIN_SIDE` px a side."""
     if not isinstance(image, np.ndarray):
@@ -129,41 +167,126 @@ def detail_gain(crop: np.ndarray, x_n: np.ndarray, mask_n: np.ndarray) -> np.nda
     return np.clip(gain, 0.0, 1.0).astype(np.float32)
 
 
-def full_res_delta(
-    image: np.ndarray, region: Region, x_n: np.ndarray, delta_n: np.ndarray, gain_n: np.ndarray
-) -> np.ndarray:
-    """Full-resolution correction (float32, [0, 1] units, unmasked) over ``region.box``.
+def grow(box: Box, d: int) -> Box:
+    """``box`` grown by ``d`` on every side (not clipped)."""
+    x0, y0, x1, y1 = box
+    return (x0 - d, y0 - d, x1 + d, y1 + d)
 
-    low band: the working-scale correction ``delta_n`` upsampled; high band: ``(gain - 1) * hp`` where
-    ``hp`` is the photo's detail above the model's resolution (pores kept where gain is 1).
+
+def intersect_box(a: Box | None, b: Box | None) -> Box | None:
+    """The intersection of two boxes, or None when they do not overlap."""
+    if a is None or b is None:
+        return None
+    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+
+def union_box(boxes: Sequence[Box | None]) -> Box | None:
+    """The bounding box of the boxes that are not None (None when there are none)."""
+    bs = [b for b in boxes if b is not None]
+    if not bs:
+        return None
+    return (min(b[0] for b in bs), min(b[1] for b in bs), max(b[2] for b in bs), max(b[3] for b in bs))
+
+
+def work_window(region: Region, box: Box) -> Box | None:
+    """The working pixels of ``region`` whose pooled mask value (:func:`mask_to_work`) reads any
+    photo pixel of ``box`` (image coordinates), as a box on the ``n x n`` grid (a safe superset)."""
+    b = intersect_box(box, region.box)
+    if b is None:
+        return None
+    s, n = region.side, region.n
+    cx0, cy0 = region.crop[0], region.crop[1]
+    pad = 2 + int(np.ceil(n / s))  # the pooling window (or the bilinear taps) and rounding
+
+    def axis(lo: int, hi: int) -> tuple[int, int]:
+        return max(0, int(np.floor(lo * n / s)) - pad), min(n, int(np.ceil(hi * n / s)) + pad)
+
+    wx0, wx1 = axis(b[0] - cx0, b[2] - cx0)
+    wy0, wy1 = axis(b[1] - cy0, b[3] - cy0)
+    return (wx0, wy0, wx1, wy1) if wx1 > wx0 and wy1 > wy0 else None
+
+
+def photo_reach(region: Region, wbox: Box) -> Box | None:
+    """The photo pixels of ``region.box`` whose upsampled value (:func:`full_res_delta`) reads any
+    working pixel of ``wbox``, in image coordinates (a safe superset)."""
+    s, n = region.side, region.n
+    cx0, cy0 = region.crop[0], region.crop[1]
+    pad = 2 + int(np.ceil(s / n))
+
+    def axis(lo: int, hi: int, c0: int) -> tuple[int, int]:
+        return c0 + int(np.floor(lo * s / n)) - pad, c0 + int(np.ceil(hi * s / n)) + pad
+
+    x0, x1 = axis(wbox[0], wbox[2], cx0)
+    y0, y1 = axis(wbox[1], wbox[3], cy0)
+    return intersect_box((x0, y0, x1, y1), region.box)
+
+
+def _upsample(arr_n: np.ndarray, region: Region, sub: Box) -> np.ndarray:
+    """``arr_n`` (the region's ``n x n`` grid, float32, 1-4 channels) resampled to the crop's
+    ``side x side`` pixels, evaluated at the photo pixels of ``sub`` (inside ``region.box``).
+
+    Bilinear with pixel centres aligned (as ``cv2.resize``), evaluated pointwise by ``cv2.remap``
+    on coordinates computed from each pixel's position, so any sub-rectangle equals the same part
+    of the whole. Downsampling (a region upscaled to reach the working scale) is done whole: such
+    regions are smaller than the working grid.
     """
-    s = region.side
-    ys, xs = crop_window(region)
-    x0, y0, x1, y1 = region.box
-    out = resize(delta_n, (s, s))[ys, xs]
-    out = np.ascontiguousarray(out, dtype=np.float32)
-    gain = resize(gain_n, (s, s))[ys, xs]
-    if s > x_n.shape[0] and float(gain.min()) < 1.0:
-        hp = to_float(image[y0:y1, x0:x1])
-        hp -= resize(x_n, (s, s))[ys, xs]
-        gain = gain - np.float32(1.0)
-        hp *= gain[..., None]
-        out += hp
+    s, n = region.side, region.n
+    cx0, cy0 = region.crop[0], region.crop[1]
+    x0, y0, x1, y1 = sub
+    if s <= n:
+        return np.ascontiguousarray(resize(arr_n, (s, s))[y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0], dtype=np.float32)
+    f = n / s
+    px = ((np.arange(x0 - cx0, x1 - cx0, dtype=np.float64) + 0.5) * f - 0.5).astype(np.float32)
+    py = ((np.arange(y0 - cy0, y1 - cy0, dtype=np.float64) + 0.5) * f - 0.5).astype(np.float32)
+    src = np.ascontiguousarray(arr_n, dtype=np.float32)
+    out = np.empty((y1 - y0, x1 - x0) + src.shape[2:], np.float32)
+    w = x1 - x0
+    for r0 in range(0, y1 - y0, _STRIP):
+        r1 = min(y1 - y0, r0 + _STRIP)
+        mx = np.broadcast_to(px, (r1 - r0, w)).copy()
+        my = np.broadcast_to(py[r0:r1, None], (r1 - r0, w)).copy()
+        out[r0:r1] = cv2.remap(src, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).reshape(out[r0:r1].shape)
     return out
 
 
-def region_weights(regions: Sequence[Region], shape: tuple[int, int], index: int) -> np.ndarray:
-    """Feathered blending weight (h, w) of ``regions[index]`` over its box.
+def full_res_delta(
+    image: np.ndarray, region: Region, x_n: np.ndarray, delta_n: np.ndarray, gain_n: np.ndarray, sub: Box | None = None
+) -> np.ndarray:
+    """Full-resolution correction (float32, [0, 1] units, unmasked) over ``sub`` (default: ``region.box``).
+
+    low band: the working-scale correction ``delta_n`` upsampled; high band: ``(gain - 1) * hp`` where
+    ``hp`` is the photo's detail above the model's resolution (pores kept where gain is 1).
+    Pointwise: the value at a pixel does not depend on ``sub``.
+    """
+    x0, y0, x1, y1 = sub if sub is not None else region.box
+    sub = (x0, y0, x1, y1)
+    out = _upsample(delta_n, region, sub)
+    if region.side > x_n.shape[0]:
+        both = _upsample(np.dstack([x_n, gain_n]), region, sub)  # x_n and the gain in one pass
+        gain = both[..., 3]
+        if float(gain.min()) < 1.0:
+            hp = to_float(image[y0:y1, x0:x1])
+            hp -= both[..., :3]
+            gain -= np.float32(1.0)
+            hp *= gain[..., None]
+            out += hp
+    return out
+
+
+def region_weights(regions: Sequence[Region], shape: tuple[int, int], index: int, sub: Box | None = None) -> np.ndarray:
+    """Feathered blending weight (h, w) of ``regions[index]`` over its box (or over ``sub``, a
+    box inside it: the same values).
 
     Regions of the same tier share overlaps by a normalised weighted average; a tier-1 region
     (a skin tile) only takes the share that the tier-0 regions (the face crops) leave.
     """
     me = regions[index]
     same = [r for r in regions if r.tier == me.tier]
-    _, wgt = blend_weights([r.crop for r in same], [r.ramp for r in same], shape, same.index(me))
+    box, wgt = blend_weights([r.crop for r in same], [r.ramp for r in same], shape, same.index(me), sub)
     above = [r for r in regions if r.tier < me.tier]
     if above:
-        wgt *= 1.0 - np.minimum(coverage([r.crop for r in above], [r.ramp for r in above], shape, me.box), 1.0)
+        wgt *= 1.0 - np.minimum(coverage([r.crop for r in above], [r.ramp for r in above], shape, box), 1.0)
     return wgt
 
 
@@ -191,6 +314,7 @@ def assemble_correction(
     regions: Sequence[Region],
     results: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray] | None],
     only: Sequence[np.ndarray | None] | None = None,
+    rect: Box | None = None,
 ) -> Correction:
     """The full-resolution :class:`Correction` of ``image`` for ``mask`` (H x W in [0, 1]).
 
@@ -199,50 +323,182 @@ def assemble_correction(
     is ``mask x weight x full_res_delta`` summed over the regions; ``only[i]`` (a bool map over
     region i's box, or None) restricts region i to those pixels (a brushed extra region
     corrects only the edited pixels).
+
+    With ``rect`` the correction is computed for that part of the photo only (``Correction.rect``):
+    ``mask`` then holds the mask over ``rect`` and ``only[i]`` covers region i's box inside
+    ``rect``. Each pixel gets exactly the value a computation of the whole photo gives it.
     """
     shape = (int(image.shape[0]), int(image.shape[1]))
+    area = (0, 0, shape[1], shape[0]) if rect is None else rect
+    ax0, ay0 = area[0], area[1]
+    if mask.shape != (area[3] - area[1], area[2] - area[0]):
+        raise ValueError(f"mask of shape {mask.shape} does not cover {area}")
     top = np.float32(dtype_max(image.dtype))
-    builder = CorrectionBuilder(shape, image.dtype, [r.box for r in regions])
-    for i, (region, res) in enumerate(zip(regions, results)):
-        if res is None:
+    subs = [intersect_box(r.box, area) for r in regions]
+    builder = CorrectionBuilder(shape, image.dtype, [b for b in subs if b is not None])
+    for i, (region, res, sub) in enumerate(zip(regions, results, subs)):
+        if res is None or sub is None:
             continue
-        x0, y0, x1, y1 = region.box
-        weight = mask[y0:y1, x0:x1]
+        x0, y0, x1, y1 = sub
+        weight = mask[y0 - ay0 : y1 - ay0, x0 - ax0 : x1 - ax0]
         if only is not None and only[i] is not None:
             weight = weight * only[i]
         if not weight.any():
             continue
         x_n, delta_n, gain_n = res
-        d = full_res_delta(image, region, x_n, delta_n, gain_n)
-        wgt = region_weights(regions, shape, i)
+        d = full_res_delta(image, region, x_n, delta_n, gain_n, sub)
+        wgt = region_weights(regions, shape, i, sub)
         wgt *= weight
         wgt *= top
         d *= wgt[..., None]
-        builder.add(region.box, d)
+        builder.add(sub, d)
         del d, wgt
-    return builder.build([r.box for r in regions])
+    c = builder.build([r.box for r in regions])
+    c.rect = None if rect is None else tuple(int(v) for v in rect)
+    return c
 
 
-def mask_to_work(mask_box: np.ndarray, region: Region, fill: np.ndarray | None = None) -> np.ndarray:
-    """A full-resolution mask cut to ``region.box`` (``mask[y0:y1, x0:x1]``), max-pooled to the
-    region's ``n x n`` working grid.
+def _pool(get, region: Region, window: Box | None, channels: int) -> np.ndarray:
+    """Max-pool a box-shaped source to the working grid (see :func:`mask_to_work`), over ``window``.
 
-    Outside the image (padding) the crop takes ``fill`` (working grid, e.g. the predicted mask)
-    or 0. Max-pooling keeps a one-pixel brush stroke at full strength on the working grid.
+    ``get(y0, y1, x0, x1)`` returns the source over those rows/columns of ``region.box``
+    (box coordinates), ``(h, w)`` or ``(h, w, channels)`` float32 >= 0. Returns
+    ``(wh, ww, channels)`` float32 (raw pooled values: not clipped, no fill).
     """
     s, n = region.side, region.n
+    wx0, wy0, wx1, wy1 = window if window is not None else (0, 0, n, n)
     ys, xs = crop_window(region)
-    canvas = np.zeros((s, s), np.float32)
-    canvas[ys, xs] = mask_box
+    if s <= n:  # an upscaled region (smaller than the grid): bilinear, computed whole
+        canvas = np.zeros((s, s, channels), np.float32)
+        canvas[ys, xs] = get(0, ys.stop - ys.start, 0, xs.stop - xs.start).reshape(ys.stop - ys.start, xs.stop - xs.start, channels)
+        out = cv2.resize(canvas, (n, n), interpolation=cv2.INTER_LINEAR).reshape(n, n, channels)
+        return out[wy0:wy1, wx0:wx1]
+    k = int(np.ceil(s / n))
+    h = k // 2  # cv2.dilate's anchor: the window of sample p is [p - h, p - h + k)
+    ry = (np.arange(wy0, wy1, dtype=np.int64) * s) // n  # sample rows/cols in crop coordinates
+    rx = (np.arange(wx0, wx1, dtype=np.int64) * s) // n
+    out = np.zeros((wy1 - wy0, wx1 - wx0, channels), np.float32)
+    cx0, cx1 = int(rx[0]) - h, int(rx[-1]) - h + k
+    band = max(1, (_STRIP * 4) // k)  # working rows per strip
+    kernel = np.ones((k, k), np.uint8)
+    for j0 in range(0, wy1 - wy0, band):
+        j1 = min(wy1 - wy0, j0 + band)
+        cy0, cy1 = int(ry[j0]) - h, int(ry[j1 - 1]) - h + k
+        canvas = np.zeros((cy1 - cy0, cx1 - cx0, channels), np.float32)  # zero outside the image
+        py0, py1 = max(cy0, ys.start), min(cy1, ys.stop)
+        px0, px1 = max(cx0, xs.start), min(cx1, xs.stop)
+        if py1 > py0 and px1 > px0:
+            part = get(py0 - ys.start, py1 - ys.start, px0 - xs.start, px1 - xs.start)
+            canvas[py0 - cy0 : py1 - cy0, px0 - cx0 : px1 - cx0] = part.reshape(py1 - py0, px1 - px0, channels)
+        grown = cv2.dilate(canvas, kernel).reshape(canvas.shape)
+        out[j0:j1] = grown[np.ix_(ry[j0:j1] - cy0, rx - cx0)]
+    return out
+
+
+def _inside(region: Region, window: Box | None) -> np.ndarray | None:
+    """Bool map over ``window`` of the working pixels whose sample lies inside the image (None:
+    all of them)."""
+    s, n = region.side, region.n
+    ys, xs = crop_window(region)
+    if ys.start == 0 and xs.start == 0 and ys.stop == s and xs.stop == s:
+        return None
+    wx0, wy0, wx1, wy1 = window if window is not None else (0, 0, n, n)
     if s <= n:
-        out = resize(canvas, (n, n))
-    else:
-        k = int(np.ceil(s / n))
-        grown = cv2.dilate(canvas, np.ones((k, k), np.uint8)) if k > 1 else canvas
-        out = cv2.resize(grown, (n, n), interpolation=cv2.INTER_NEAREST)
-    if fill is not None and (ys.start > 0 or xs.start > 0 or ys.stop < s or xs.stop < s):
         inside = np.zeros((s, s), np.uint8)
         inside[ys, xs] = 1
-        inside_n = cv2.resize(inside, (n, n), interpolation=cv2.INTER_NEAREST).astype(bool)
-        out = np.where(inside_n, out, fill).astype(np.float32)
+        return cv2.resize(inside, (n, n), interpolation=cv2.INTER_NEAREST).astype(bool)[wy0:wy1, wx0:wx1]
+    ry = (np.arange(wy0, wy1, dtype=np.int64) * s) // n
+    rx = (np.arange(wx0, wx1, dtype=np.int64) * s) // n
+    return ((ry >= ys.start) & (ry < ys.stop))[:, None] & ((rx >= xs.start) & (rx < xs.stop))[None, :]
+
+
+def mask_to_work(mask_box: np.ndarray, region: Region, fill: np.ndarray | None = None, window: Box | None = None) -> np.ndarray:
+    """A full-resolution mask cut to ``region.box`` (``mask[y0:y1, x0:x1]``), max-pooled to the
+    region's ``n x n`` working grid (or to the part ``window`` of it, a box on that grid).
+
+    Outside the image (padding) the crop takes ``fill`` (working grid, e.g. the predicted mask)
+    or 0. Max-pooling keeps a one-pixel brush stroke at full strength on the working grid:
+    working pixel ``j`` takes the largest value among the ``k = ceil(side / n)`` photo pixels
+    around ``j * side // n`` (in each direction). Only the photo pixels that ``window`` needs are
+    read, in strips, so a small window of a large region costs little.
+    """
+    out = _pool(lambda y0, y1, x0, x1: mask_box[y0:y1, x0:x1], region, window, 1)[..., 0]
+    inside = _inside(region, window) if fill is not None else None
+    if inside is not None:
+        wx0, wy0, wx1, wy1 = window if window is not None else (0, 0, region.n, region.n)
+        out = np.where(inside, out, fill[wy0:wy1, wx0:wx1])
     return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def edit_maps(
+    mask_box: np.ndarray, pred_box: np.ndarray, region: Region, window: Box | None = None, tolerance: float = 1.0 / 255.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where a mask differs from the prediction, on the working grid: ``(changed, user)`` over
+    ``window`` (default: the whole ``n x n`` grid), both max-pooled like :func:`mask_to_work`.
+
+    ``changed`` (bool): a working pixel with any photo pixel of its pooling window where
+    ``|mask - pred| > tolerance``; ``user`` (float32): the mask itself (0 outside the image).
+    """
+
+    def get(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        m = mask_box[y0:y1, x0:x1]
+        out = np.empty(m.shape + (2,), np.float32)
+        out[..., 0] = m
+        diff = cv2.absdiff(np.ascontiguousarray(m, np.float32), np.ascontiguousarray(pred_box[y0:y1, x0:x1], np.float32))
+        out[..., 1] = diff > tolerance
+        return out
+
+    both = _pool(get, region, window, 2)
+    return both[..., 1] > 0, np.clip(both[..., 0], 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Where a brushed edit is synthesised
+
+
+class EditCluster(NamedTuple):
+    """A group of edited working pixels synthesised together.
+
+    ``label``: its number in the label map of :func:`edit_clusters`; ``box``: where its
+    synthesis is used (the edited pixels grown by :data:`EDIT_FEATHER`); ``crop``: what the
+    model sees (``box`` grown by :data:`EDIT_MARGIN`, on the token grid, inside the region).
+    """
+
+    label: int
+    box: Box
+    crop: Box
+
+
+def edit_clusters(changed_n: np.ndarray) -> tuple[np.ndarray, list[EditCluster]]:
+    """Group the edited working pixels (``changed_n``, bool n x n) into clusters: pixels closer
+    than ``2 * EDIT_JOIN + 2`` belong together. Returns the label map (int32; each cluster's
+    label covers its pixels grown by EDIT_JOIN, so also every pixel its synthesis is used for)
+    and the clusters."""
+    h, w = changed_n.shape
+    if not changed_n.any():
+        return np.zeros((h, w), np.int32), []
+    joined = cv2.dilate(changed_n.astype(np.uint8), np.ones((2 * EDIT_JOIN + 1,) * 2, np.uint8))
+    count, labels = cv2.connectedComponents(joined, connectivity=8, ltype=cv2.CV_32S)
+    ys, xs = np.nonzero(changed_n)
+    lab = labels[ys, xs]
+    out = []
+    for k in range(1, count):
+        sel = lab == k
+        if not sel.any():
+            continue
+        kx, ky = xs[sel], ys[sel]
+        box = (max(0, int(kx.min()) - EDIT_FEATHER), max(0, int(ky.min()) - EDIT_FEATHER),
+               min(w, int(kx.max()) + 1 + EDIT_FEATHER), min(h, int(ky.max()) + 1 + EDIT_FEATHER))
+        a = EDIT_ALIGN
+        crop = (max(0, (box[0] - EDIT_MARGIN) // a * a), max(0, (box[1] - EDIT_MARGIN) // a * a),
+                min(w, -(-(box[2] + EDIT_MARGIN) // a) * a), min(h, -(-(box[3] + EDIT_MARGIN) // a) * a))
+        out.append(EditCluster(k, box, crop))
+    return labels, out
+
+
+def edit_blend(changed_n: np.ndarray) -> np.ndarray:
+    """Weight (n x n float32 in [0, 1]) of an edit's synthesis against the prediction's: 1 on
+    the edited pixels, fading to 0 within :data:`EDIT_FEATHER` pixels around them."""
+    changed = changed_n.astype(np.float32)
+    c = cv2.dilate(changed, np.ones((3, 3), np.uint8))
+    return np.maximum(cv2.GaussianBlur(c, (5, 5), 1.0), changed)
