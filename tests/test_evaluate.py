@@ -112,11 +112,17 @@ def test_calibrate_picks_a_mask_floor_on_validation_faces(setup, capsys, tmp_pat
     out = tmp_path / "calibrated.safetensors"
     assert calibrate.main([str(setup["weights"]), "--clean", str(setup["faces"]), "--count", "2", "--offset", "0", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    chosen = float(printed.split("chosen floor: ")[1].split()[0])
-    assert printed.count("\n| 0.") == len(calibrate.FLOORS)
+    tophat, floor = printed.split("chosen: top-hat ")[1].split(" mm, floor ")
+    tophat, floor = float(tophat), float(floor.split()[0])
+    assert printed.count("\n| ") == len(calibrate.FLOORS) * len(calibrate.TOPHATS_MM)  # one row per setting
     model = load_model(out)
-    assert model.config.mask_floor == chosen
+    assert (model.config.mask_tophat_mm, model.config.mask_floor) == (tophat, floor)
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         raw = torch.sigmoid(model.mask_logits(x, model.encode(x).recon, ema=True))
-        torch.testing.assert_close(model.encode(x).mask, model.calibrate(raw, chosen))
+        torch.testing.assert_close(model.encode(x).mask, model.calibrate(raw, floor, tophat))
+    # the top-hat takes away a broad haze and keeps a spot standing out of it
+    spot = torch.full((1, 1, 64, 64), 0.3)
+    spot[..., 30:34, 30:34] = 0.9
+    top = model.calibrate(spot, 0.0, 8.0 / model.config.work_px_per_mm)
+    assert top[0, 0, 0, 0] == 0 and top[0, 0, 31, 31] > 0.8

@@ -48,7 +48,10 @@ class ModelConfig:
     # (SCUT-FBP5500 faces at 256 px).
     work_px_per_mm: float = 1.0
     # Calibration of the predicted mask, fitted on validation faces after training
-    # (engine.training.calibrate): values below the floor are dropped, the rest stretched to 0..1.
+    # (engine.training.calibrate): the broad haze under the peaks (a morphological opening
+    # ``mask_tophat_mm`` wide) is taken away, values below ``mask_floor`` are dropped and the
+    # rest stretched back to 0..1. 0 switches either off.
+    mask_tophat_mm: float = 0.0
     mask_floor: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -67,6 +70,8 @@ class ModelConfig:
             raise ValueError("image_size must be a multiple of 16")
         if not self.work_px_per_mm > 0:
             raise ValueError("work_px_per_mm must be positive")
+        if not self.mask_tophat_mm >= 0.0:
+            raise ValueError("mask_tophat_mm must not be negative")
         if not 0.0 <= self.mask_floor < 1.0:
             raise ValueError("mask_floor must be in [0, 1)")
 

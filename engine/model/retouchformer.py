@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 from engine.model.config import ModelConfig
 from engine.model.decoders import ReconstructionDecoder, SynthesisDecoder
@@ -81,9 +82,15 @@ class RetouchFormer(nn.Module):
         mask = self.calibrate(torch.sigmoid(self.mask_logits(x, recon, ema=True)))
         return Encoded(x, feats, self.tokens(feats), recon, mask)
 
-    def calibrate(self, mask: torch.Tensor, floor: float | None = None) -> torch.Tensor:
-        """H̄'s soft mask with the calibration floor applied (``config.mask_floor`` unless given)."""
+    def calibrate(self, mask: torch.Tensor, floor: float | None = None, tophat_mm: float | None = None) -> torch.Tensor:
+        """H̄'s soft mask (B, 1, H, W) with the calibration applied (``config.mask_tophat_mm`` and
+        ``config.mask_floor`` unless given): a faint haze over a whole face is not a blemish."""
         f = self.config.mask_floor if floor is None else floor
+        t = self.config.mask_tophat_mm if tophat_mm is None else tophat_mm
+        k = int(round(t * self.config.work_px_per_mm)) // 2 * 2 + 1 if t > 0 else 1
+        if k > 1:  # white top-hat: what stands out of a morphological opening k working pixels wide
+            haze = F.max_pool2d(-F.max_pool2d(-mask, k, 1, k // 2), k, 1, k // 2)
+            mask = ((mask - haze) / (1.0 - haze).clamp_min(1e-3)).clamp(0.0, 1.0)
         return mask if f <= 0 else ((mask - f) / (1.0 - f)).clamp(0.0, 1.0)
 
     def token_weights(self, mask: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
