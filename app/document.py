@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from app.maskedit import Edit, History, Rect, diff_edit
+from app.maskedit import Edit, History, Rect, diff_edit, union_rects
 from app.pyramid import build_pyramid, mask_to_u8, update_pyramid
 
 SIDECAR_SUFFIX = ".retouch-mask.png"
@@ -45,6 +45,8 @@ class Document:
         self.after_version = 0  # bumps when a new correction arrives
         self.rendered_version = -1  # mask_version the current correction was rendered from
         self.saved_version = 0  # mask_version last written to (or read from) the sidecar
+        self._edits: list[tuple[int, Rect]] = []  # (mask_version, rect) of each mask change not yet rendered
+        self.last_update: Rect | None = None  # the rectangle the last correction update (or preview) replaced
 
     # --- basic facts -------------------------------------------------------------------------
     @property
@@ -93,6 +95,8 @@ class Document:
         self.history.clear()
         self.mask_version += 1
         self.saved_version = self.mask_version
+        self.correction = None  # rendered from another analysis: the next render is a full one
+        self._edits.clear()
 
     def mask_changed(self, rect: Rect | None) -> None:
         """Refresh the display pyramid inside ``rect`` after ``mask`` was modified there."""
@@ -102,6 +106,11 @@ class Document:
         self.mask_levels[0][y0:y1, x0:x1] = mask_to_u8(self.mask[y0:y1, x0:x1])
         update_pyramid(self.mask_levels, rect)
         self.mask_version += 1
+        self._edits.append((self.mask_version, tuple(int(v) for v in rect)))
+
+    def edited_since(self, version: int) -> Rect | None:
+        """The bounding rectangle of the mask changes made after ``version`` (None: none recorded)."""
+        return union_rects(r for v, r in self._edits if v > version)
 
     def push_edit(self, edit: Edit | None) -> None:
         if edit is not None:
@@ -135,9 +144,39 @@ class Document:
         self.mask_changed(rect)
         return rect
 
-    # --- correction --------------------------------------------------------------------------
+    # --- correction ---------------------------------------------------------------------------
     def set_correction(self, correction: Any, after_levels: list[np.ndarray], version: int) -> None:
+        """Install a correction of the whole photo and its display pyramid."""
         self.correction = correction
         self.after_levels = after_levels
+        self.last_update = None
+        self._rendered(version)
+
+    def update_correction(self, partial: Any, after_patch: np.ndarray, version: int) -> None:
+        """Install a partial correction (``partial.rect``, rendered since the current one) and the
+        display pixels of that rectangle; only the pyramid tiles under it are rebuilt."""
+        self.correction = self.correction.update(partial)
+        self._paste(partial.rect, after_patch)
+        self._rendered(version)
+
+    def show_preview(self, rect: Rect, after_patch: np.ndarray) -> None:
+        """Show ``after_patch`` (display pixels of ``rect``) without changing the correction: the
+        classical fill under a stroke while the model runs."""
+        self._paste(rect, after_patch)
+        self.after_version += 1
+
+    def _paste(self, rect: Rect, after_patch: np.ndarray) -> None:
+        levels = self.after_levels
+        assert levels is not None
+        if any(a is b for a, b in zip(levels, self.before_levels)):  # shared with the photo's: copy first
+            levels = self.after_levels = [a.copy() if a is b else a for a, b in zip(levels, self.before_levels)]
+        x0, y0, x1, y1 = rect
+        if x1 > x0 and y1 > y0:
+            levels[0][y0:y1, x0:x1] = after_patch
+            update_pyramid(levels, rect)
+        self.last_update = tuple(rect)
+
+    def _rendered(self, version: int) -> None:
         self.rendered_version = version
+        self._edits = [(v, r) for v, r in self._edits if v > version]
         self.after_version += 1

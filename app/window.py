@@ -615,8 +615,13 @@ class MainWindow(QMainWindow):
             return  # nothing new to analyse
         self.set_blemish_size(float(self.blemish_spin.value()))
 
+    def _display(self, doc: Document, pixels: np.ndarray) -> np.ndarray:
+        return (doc.to_display or to_display_u8)(pixels)
+
     def request_render(self) -> None:
-        """Re-run the transformer for the current mask. Coalesced: only the latest request is rendered next."""
+        """Re-run the model for the current mask. Coalesced: only the latest request is rendered
+        next. After a stroke only what the stroke can change is rendered (the engine's partial
+        render), composited and redrawn; the first render of a mask is a full one."""
         doc = self.doc
         if doc is None or doc.analysis is None:
             return
@@ -627,18 +632,24 @@ class MainWindow(QMainWindow):
             if doc.rendered_version == doc.mask_version:
                 return None
             r, version = self.retoucher, doc.mask_version
-            mask = None if not doc.edited else doc.mask.copy()
-            image, analysis, before_levels = doc.image, doc.analysis, doc.before_levels
+            base = doc.correction
+            rect = doc.edited_since(doc.rendered_version) if base is not None else None
+            if base is not None and rect is None:  # nothing recorded since (versions moved without an edit)
+                base = None
+            mask = doc.mask if (base is not None or doc.edited) else None
+            plan = r.plan_render(doc.analysis, mask, since=base, rect=rect)  # reads the mask now, on this thread
+            image, before_levels = doc.image, doc.before_levels
 
             def work(cancel, progress):
-                c = doc.to_photo(r.render(analysis, mask, cancel=cancel))
+                c = doc.to_photo(r.run_render(plan, cancel=cancel))
                 if cancel():
                     return None
                 progress(0.8, "Compositing the preview…")
+                if c.rect is not None:  # a stroke: that rectangle only
+                    return base, c, self._display(doc, r.composite(image, c, 1.0, rect=c.rect))
                 after = r.composite(image, c, 1.0)
-                patches = getattr(c, "patches", None)  # engine.compositor.Correction: disjoint boxes
-                boxes = [tuple(p.box) for p in patches] if patches is not None else None
-                return c, after_pyramid(before_levels, image, after, boxes, doc.to_display)
+                boxes = [tuple(p.box) for p in c.patches]  # engine.compositor.Correction: disjoint boxes
+                return None, c, after_pyramid(before_levels, image, after, boxes, doc.to_display)
 
             return self._job("Rendering the correction", work,
                              lambda res, secs: self._on_render(doc, version, res, secs), "Rendering failed")
@@ -648,18 +659,47 @@ class MainWindow(QMainWindow):
     def _on_render(self, doc: Document, version: int, res: Any, secs: float) -> None:
         if doc is not self.doc or res is None:
             return
-        c, levels = res
-        doc.set_correction(c, levels, version)
+        base, c, pixels = res
+        if c.rect is None:
+            doc.set_correction(c, pixels, version)
+        elif base is doc.correction:
+            doc.update_correction(c, pixels, version)
+        else:  # another correction was installed meanwhile (a new analysis): render everything again
+            self.request_render()
+            return
         self.canvas.invalidate()
         stale = " (newer edits pending)" if version != doc.mask_version else ""
+        if stale:
+            self.preview_fill()  # the strokes still pending keep their quick preview
         self.set_status(f"Preview updated in {secs:.2f} s{stale}")
         self.last_render_seconds = secs
+
+    def preview_fill(self) -> None:
+        """Show at once, under the strokes made since the last render, the classical fill the model
+        is anchored on (tens of milliseconds, on this thread); the model's result replaces it."""
+        doc, r = self.doc, self.retoucher
+        if doc is None or r is None or doc.correction is None or doc.analysis is None or doc.mask is None:
+            return
+        rect = doc.edited_since(doc.rendered_version)
+        if rect is None:
+            return
+        try:
+            p = doc.to_photo(r.render(doc.analysis, doc.mask, since=doc.correction, rect=rect, fill=True))
+            pixels = self._display(doc, r.composite(doc.image, p, 1.0, rect=p.rect))
+        except RetouchError:  # a correction of another analysis: nothing quick to show
+            return
+        except Exception:  # noqa: BLE001 - only a preview: the model's render follows and reports
+            log.exception("fill preview failed")
+            return
+        doc.show_preview(p.rect, pixels)
+        self.canvas.invalidate()
 
     # ================================================================== editing
     def _on_stroke(self, _edit: Any) -> None:
         self._mask_edited()
 
     def _mask_edited(self) -> None:
+        self.preview_fill()
         self.canvas.invalidate()
         self._update_actions()
         self.request_render()

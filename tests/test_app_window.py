@@ -293,24 +293,33 @@ def test_render_requests_are_coalesced(qtbot, make_window, photo_path, app_retou
     open_and_wait(qtbot, w, photo_path)
     gate = threading.Event()
     seen = []
-    real_render = app_retoucher.render
+    real_run = app_retoucher.run_render
 
-    def gated_render(a, mask=None, *, cancel=None):
-        seen.append(None if mask is None else float(mask.sum()))
-        gate.wait(30)
-        return real_render(a, mask, cancel=cancel)
+    def gated_run(plan, *, cancel=None):
+        if not plan.fill:  # the model's renders (the quick fill preview runs on the GUI thread)
+            seen.append(plan)
+            gate.wait(30)
+        return real_run(plan, cancel=cancel)
 
-    monkeypatch.setattr(app_retoucher, "render", gated_render)
+    monkeypatch.setattr(app_retoucher, "run_render", gated_run)
     w.canvas.set_view(1.0, QPointF(0, 0))
     w.brush_size_spin.setValue(20)
     for i in range(4):  # four strokes while the first render is still running
         stroke(w.canvas, [(100 + 60 * i, 300), (120 + 60 * i, 300)])
         qtbot.waitUntil(lambda: len(seen) >= 1, timeout=TIMEOUT)
-    final_sum = float(w.doc.mask.sum())
     gate.set()
     until(qtbot, w, lambda: not w.busy and w.doc.rendered_version == w.doc.mask_version)
     assert len(seen) == 2  # the first stroke's render, then only the latest state
-    assert seen[-1] == pytest.approx(final_sum)
+    # Each was a partial render of what its strokes changed: the first of stroke 1, the second
+    # of strokes 2 to 4 together (planned when it started, from the mask as it was then).
+    x0, y0, x1, y1 = seen[0].rect
+    assert x0 <= 90 and x1 >= 130 and y0 <= 290 and y1 >= 310
+    x0, y0, x1, y1 = seen[1].rect
+    assert x0 <= 150 and x1 >= 310 and y0 <= 290 and y1 >= 310
+    # The merged result is the full render of the final mask.
+    doc = w.doc
+    full = app_retoucher.composite(doc.image, real_run(app_retoucher.plan_render(doc.analysis, doc.mask)), 1.0)
+    np.testing.assert_array_equal(app_retoucher.composite(doc.image, doc.correction, 1.0), full)
 
 
 def test_drop_opens_photo_and_preferences_persist(qtbot, make_window, photo_path, isolated_settings):

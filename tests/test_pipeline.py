@@ -401,3 +401,200 @@ def test_crop_padding_and_mask_pooling():
     stroke[80, 10:140] = 1.0  # one pixel wide
     work = pl.mask_to_work(stroke, region)
     assert work.shape == (64, 64) and work.max() == 1.0  # a thin stroke survives downsampling
+
+
+# --------------------------------------------------------------------------------------------
+# Brush strokes: partial renders
+
+
+def _dense(c: Correction) -> np.ndarray:
+    out = np.zeros(tuple(c.shape) + (3,), np.float32)
+    for p in c.patches:
+        x0, y0, x1, y1 = p.box
+        out[y0:y1, x0:x1] += p.delta.astype(np.float32)
+    return out
+
+
+def _brush(mask: np.ndarray, cx: float, cy: float, radius: float, value: float) -> tuple[int, int, int, int]:
+    h, w = mask.shape
+    x0, y0 = max(0, int(cx - radius - 1)), max(0, int(cy - radius - 1))
+    x1, y1 = min(w, int(cx + radius + 2)), min(h, int(cy + radius + 2))
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    d = np.sqrt((xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2)
+    cov = np.clip(radius - d + 0.5, 0.0, 1.0).astype(np.float32)
+    part = mask[y0:y1, x0:x1]
+    part[...] = part + (value - part) * cov
+    return x0, y0, x1, y1
+
+
+def test_partial_renders_equal_a_full_render(app_retoucher, make_portrait):
+    """Strokes rendered one by one with render(since=, rect=) and merged give exactly the full
+    render of the final mask, and each full render differs from the previous one only inside the
+    rectangle the partial render covers."""
+    r = app_retoucher
+    img, spots = make_portrait(1600, 1200, seed=2)
+    a = r.analyze(img)
+    assert a.plan.regions[0].kind == "face" and a.plan.regions[0].side > a.plan.regions[0].n  # the face works downscaled
+    mask = a.mask.copy()
+    c = r.render(a)
+    prev_full = c
+    (x1, y1, _), (x2, y2, _), (x3, y3, _) = spots[:3]
+    strokes = [
+        ("add", x1, y1, 9, 1.0),
+        ("add", x2, y2, 7, 1.0),
+        ("near the second: joins its cluster", x2 + 25, y2 + 10, 6, 1.0),
+        ("erase across the first", x1 + 6, y1, 8, 0.0),
+        ("add", x3, y3, 10, 0.8),
+        ("outside every region", 40, 40, 12, 1.0),
+    ]
+    saved = None
+    moved = []
+    for name, cx, cy, rad, value in strokes:
+        if name == "add" and saved is None:
+            saved = mask.copy()
+        rect = _brush(mask, cx, cy, rad, value)
+        part = r.render(a, mask, since=c, rect=rect)
+        assert part.rect is not None, name
+        px0, py0, px1, py1 = part.rect
+        assert px0 <= rect[0] and py0 <= rect[1] and px1 >= rect[2] and py1 >= rect[3], name
+        quick = r.render(a, mask, since=c, rect=rect, fill=True)  # the preview: inside the same rectangle
+        qx0, qy0, qx1, qy1 = quick.rect
+        assert px0 <= qx0 and py0 <= qy0 and px1 >= qx1 and py1 >= qy1, name
+        c = c.update(part)
+        full = r.render(a, mask.copy())
+        np.testing.assert_array_equal(_dense(c), _dense(full), err_msg=name)
+        changed = (_dense(full) != _dense(prev_full)).any(axis=2)
+        outside = np.ones(changed.shape, bool)
+        outside[py0:py1, px0:px1] = False
+        assert not changed[outside].any(), name
+        moved.append(bool(changed.any()))
+        prev_full = full
+    # An undo: the mask goes back to an earlier state inside the strokes' rectangle.
+    x0, y0, x1_, y1_ = (0, 0, mask.shape[1], mask.shape[0])
+    diff = np.argwhere(mask != saved)
+    (y0, x0), (y1_, x1_) = diff.min(axis=0), diff.max(axis=0) + 1
+    mask[...] = saved
+    c = c.update(r.render(a, mask, since=c, rect=(int(x0), int(y0), int(x1_), int(y1_))))
+    np.testing.assert_array_equal(_dense(c), _dense(r.render(a, mask.copy())))
+    assert all(moved), moved  # every stroke changed the result
+    assert len(a.extras) >= 1  # the stroke outside the face got a region of its own
+    out = r.composite(img, c, 1.0)
+    np.testing.assert_array_equal(out, r.composite(img, r.render(a, mask.copy()), 1.0))
+
+
+def test_a_lone_stroke_reaches_a_few_working_pixels(app_retoucher, make_portrait):
+    """The documented reach: a stroke away from other edits changes the correction only within
+    EDIT_FEATHER + 1 working pixels (and the photo's own pixels it painted)."""
+    r = app_retoucher
+    img, spots = make_portrait(1600, 1200, seed=2)
+    a = r.analyze(img)
+    face = a.plan.regions[0]
+    c = r.render(a)
+    mask = a.mask.copy()
+    x, y, _ = spots[0]
+    rect = _brush(mask, x, y, 6, 1.0)
+    part = r.render(a, mask, since=c, rect=rect)
+    per = face.side / face.n  # photo pixels per working pixel
+    grow = int(np.ceil((pl.EDIT_FEATHER + 1 + 2 + np.ceil(face.n / face.side) + 2) * per)) + 3
+    px0, py0, px1, py1 = part.rect
+    assert px0 >= rect[0] - grow and py0 >= rect[1] - grow and px1 <= rect[2] + grow and py1 <= rect[3] + grow
+    full = r.render(a, mask.copy())
+    changed = (_dense(full) != _dense(c)).any(axis=2)
+    ys, xs = np.nonzero(changed)
+    assert ys.size and xs.min() >= px0 and xs.max() < px1 and ys.min() >= py0 and ys.max() < py1
+
+
+def test_the_transformer_reaches_the_whole_region(app_retoucher):
+    """Why edits are synthesised on crops of their own: with shifted windows, one token's weight
+    changes every token of a 256-px region (32 x 32 tokens) after the transformer's blocks."""
+    model = app_retoucher.model
+    cfg = model.config
+    torch.manual_seed(0)
+    frames = torch.randn(1, len(cfg.frames), cfg.token_dim, 32, 32)
+    w = torch.full((1, 1, 32, 32), 0.05)
+    w2 = w.clone()
+    w2[..., 3, 3] = 1.0
+    with torch.inference_mode():
+        d = (model.transformer(frames, w) - model.transformer(frames, w2)).abs().amax(dim=(1, 2))[0]
+    assert (d > 0).all()
+
+
+def test_windowed_pieces_equal_the_whole():
+    """Every photo <-> working-grid mapping is pointwise: a window gives the same values as the
+    same part of the whole (what makes partial renders exact)."""
+    rng = np.random.default_rng(0)
+    img = _skin(300, 360)
+    shape = img.shape[:2]
+    regions = [
+        rg.Region((-40, 20, 200, 260), (0, 20, 200, 260), 64, 30.0, "face", 0),  # downscaled, leaves the image
+        rg.Region((150, -30, 390, 210), (150, 0, 360, 210), 96, 40.0, "tile", 1),
+        rg.Region((100, 150, 160, 210), (100, 150, 160, 210), 96, 10.0, "tile", 1),  # upscaled (side < n)
+    ]
+    mask = (rng.random(shape) > 0.97).astype(np.float32) * rng.random(shape).astype(np.float32)
+    pred = np.clip(mask + rng.normal(0, 0.01, shape).astype(np.float32), 0, 1)
+    for region in regions:
+        x0, y0, x1, y1 = region.box
+        n = region.n
+        fill = rng.random((n, n)).astype(np.float32)
+        whole = pl.mask_to_work(mask[y0:y1, x0:x1], region, fill=fill)
+        ch, us = pl.edit_maps(mask[y0:y1, x0:x1], pred[y0:y1, x0:x1], region)
+        for win in [(0, 0, n, n), (5, 7, 20, 33), (n - 9, 0, n, n // 2)]:
+            wx0, wy0, wx1, wy1 = win
+            np.testing.assert_array_equal(pl.mask_to_work(mask[y0:y1, x0:x1], region, fill=fill, window=win), whole[wy0:wy1, wx0:wx1])
+            c2, u2 = pl.edit_maps(mask[y0:y1, x0:x1], pred[y0:y1, x0:x1], region, win)
+            np.testing.assert_array_equal(c2, ch[wy0:wy1, wx0:wx1])
+            np.testing.assert_array_equal(u2, us[wy0:wy1, wx0:wx1])
+        # a photo box touches exactly the working window work_window gives (or less)
+        box = (x0 + 17, y0 + 9, x0 + 40, y0 + 31)
+        win = pl.work_window(region, box)
+        m2 = mask.copy()
+        m2[box[1] : box[3], box[0] : box[2]] = 1.0 - m2[box[1] : box[3], box[0] : box[2]]
+        moved = pl.mask_to_work(m2[y0:y1, x0:x1], region) != pl.mask_to_work(mask[y0:y1, x0:x1], region)
+        outside = np.ones_like(moved)
+        outside[win[1] : win[3], win[0] : win[2]] = False
+        assert moved.any() and not moved[outside].any()
+        x_n = rng.random((n, n, 3)).astype(np.float32)
+        d_n = rng.normal(0, 0.05, (n, n, 3)).astype(np.float32)
+        g_n = rng.random((n, n)).astype(np.float32)
+        full = pl.full_res_delta(img, region, x_n, d_n, g_n)
+        sub = (x0 + 11, y0 + 23, x1 - 5, y0 + 90)
+        np.testing.assert_array_equal(pl.full_res_delta(img, region, x_n, d_n, g_n, sub), full[23:90, 11 : x1 - x0 - 5])
+        # what a working window reaches on the photo (photo_reach) bounds the change of the upsampling
+        wb = (10, 12, 14, 15)
+        d2 = d_n.copy()
+        d2[wb[1] : wb[3], wb[0] : wb[2]] += 1.0
+        moved = (pl.full_res_delta(img, region, x_n, d2, g_n) != full).any(axis=2)
+        rx0, ry0, rx1, ry1 = pl.photo_reach(region, wb)
+        outside = np.ones_like(moved)
+        outside[ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0] = False
+        assert moved.any() and not moved[outside].any()
+        for i in range(len(regions)):
+            whole_w = pl.region_weights(regions, shape, i)
+            bx0, by0 = regions[i].box[:2]
+            sub = (bx0 + 3, by0 + 5, bx0 + 50, by0 + 41)
+            np.testing.assert_array_equal(pl.region_weights(regions, shape, i, sub), whole_w[5:41, 3:50])
+
+
+def test_correction_update_and_rect_composite():
+    shape = (40, 50)
+    b = CorrectionBuilder(shape, np.uint8, [(0, 0, 30, 30), (10, 10, 50, 40)])
+    b.add((0, 0, 30, 30), np.full((30, 30, 3), 10.0, np.float32))
+    b.add((10, 10, 50, 40), np.full((30, 40, 3), -4.0, np.float32))
+    c = b.build()
+    img = np.full(shape + (3,), 100, np.uint8)
+    part = Correction(shape, np.dtype(np.uint8), [Patch((12, 8, 20, 14), np.full((6, 8, 3), 50, np.float16))], rect=(10, 5, 25, 20), work="w")
+    merged = c.update(part)
+    assert merged.rect is None and merged.work == "w" and c.patches and c.rect is None  # c itself unchanged
+    area = np.zeros(shape, int)
+    for p in merged.patches:
+        x0, y0, x1, y1 = p.box
+        area[y0:y1, x0:x1] += 1
+        assert any(np.shares_memory(p.delta, q.delta) for q in c.patches + part.patches)  # views, not copies
+    assert area.max() == 1
+    out = composite(img, merged, 1.0)
+    expected = composite(img, c, 1.0)
+    expected[5:20, 10:25] = 100  # inside the rectangle: the partial only
+    expected[8:14, 12:20] = 150
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(composite(img, merged, 0.5, rect=(8, 3, 33, 27)), composite(img, merged, 0.5)[3:27, 8:33])
+    assert c.update(Correction(shape, np.dtype(np.uint8), [], rect=None)).patches == []  # a full one replaces all

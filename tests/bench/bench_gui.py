@@ -4,10 +4,13 @@ Prints:
   * start-up: process start -> main window shown and painted (model loading continues in the
     background), and -> model loaded;
   * open: a generated 24 MP photo -> mask overlay on screen, and -> first rendered preview;
-  * stroke: brush-stroke release -> updated preview (r.render + composite), median of a few strokes;
+  * stroke: from the release of a brush stroke (on a blemish, view fitted) to the first
+    change under the brush on screen (the classical fill; the model's result where a version
+    without the quick preview is measured), and to the model's preview on screen; median of
+    several strokes; plus the NumPy peak memory of one stroke (tracemalloc);
   * paint: time to compose one view (fit to window) and one strength change.
 
-Usage: .venv/bin/python tests/bench/bench_gui.py [--mp 24] [--device cpu] [--strokes 3]
+Usage: .venv/bin/python tests/bench/bench_gui.py [--mp 24] [--device cpu] [--strokes 7]
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mp", type=float, default=24.0, help="megapixels of the generated photo")
     ap.add_argument("--device", default="cpu", help="auto, cpu or cuda")
-    ap.add_argument("--strokes", type=int, default=3)
+    ap.add_argument("--strokes", type=int, default=7)
     args = ap.parse_args()
 
     import torch  # noqa: F401 - as the app does: torch before Qt
@@ -96,18 +99,35 @@ def main() -> int:
         QApplication.sendEvent(canvas, ev)
 
     w.brush_size_spin.setValue(max(10, width // 150))
-    lat = []
-    for i in range(args.strokes):
+    first, model, render = [], [], []
+    peak = 0
+    for i in range(args.strokes + 1):  # the last one, not timed, measures memory
         x0, y0 = spots[i % len(spots)][:2]
         p = canvas.photo_to_widget(QPointF(x0, y0))
-        t = time.perf_counter()
+        timed = i < args.strokes
+        if not timed:
+            import tracemalloc
+
+            tracemalloc.start()
         send(QEvent.Type.MouseButtonPress, p.x(), p.y())
         for k in range(1, 6):
             send(QEvent.Type.MouseMove, p.x() + 3 * k, p.y() + k)
+        shown = w.doc.after_version
+        t = time.perf_counter()
         send(QEvent.Type.MouseButtonRelease, p.x() + 15, p.y() + 5)
+        wait(lambda: w.doc.after_version != shown)
+        canvas.repaint()
+        t_first = time.perf_counter() - t
         wait(lambda: w.doc.rendered_version == w.doc.mask_version and not w.busy)
         canvas.repaint()
-        lat.append(time.perf_counter() - t)
+        t_model = time.perf_counter() - t
+        if timed:
+            first.append(t_first)
+            model.append(t_model)
+            render.append(getattr(w, "last_render_seconds", float("nan")))
+        else:
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
 
     def timed_compose(fn) -> float:
         fn()
@@ -125,7 +145,11 @@ def main() -> int:
     print(f"open 24 MP photo -> image shown:  {t_shown:6.2f} s")
     print(f"open 24 MP photo -> overlay:      {t_overlay:6.2f} s")
     print(f"open 24 MP photo -> preview:      {t_preview:6.2f} s")
-    print(f"stroke -> preview (median of {len(lat)}): {statistics.median(lat):6.2f} s  ({', '.join(f'{x:.2f}' for x in lat)})")
+    med = statistics.median
+    print(f"stroke -> first feedback (median of {len(first)}): {med(first) * 1000:6.0f} ms ({', '.join(f'{x * 1000:.0f}' for x in first)})")
+    print(f"stroke -> model preview (median of {len(model)}):  {med(model) * 1000:6.0f} ms ({', '.join(f'{x * 1000:.0f}' for x in model)}); "
+          f"the render job itself {med(render) * 1000:.0f} ms")
+    print(f"NumPy peak during one stroke (tracemalloc): {peak / 2**20:.1f} MiB (a float copy of the photo: {width * height * 12 / 2**20:.0f} MiB)")
     print(f"repaint at fit (uncached):        {t_paint * 1000:6.1f} ms")
     print(f"strength change -> repaint:       {t_strength * 1000:6.1f} ms")
     w.shutdown()
