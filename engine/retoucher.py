@@ -594,7 +594,8 @@ class Retoucher:
         for state in states:
             sub = pl.intersect_box(state.region.box, r)
             delta = deltas.get(state, works[state].delta)
-            if sub is None or (delta is None and state.pred_delta_n is None and plan.fill):
+            empty = sub is None or not plan.mask[sub[1] - r[1] : sub[3] - r[1], sub[0] - r[0] : sub[2] - r[0]].any()
+            if empty or (delta is None and state.pred_delta_n is None and plan.fill):
                 results.append(None)
                 only.append(None)
                 continue

@@ -172,3 +172,26 @@ def test_a_stroke_copies_no_full_resolution_buffer(qtbot, make_window, tmp_path,
     assert doc.last_update is not None and peak < 0.2 * float_photo, (peak, float_photo)
     # Undo keeps only what the strokes changed.
     assert doc.history.nbytes < 0.01 * doc.mask.nbytes
+
+
+def test_strokes_on_a_wide_gamut_16_bit_photo(qtbot, make_window, make_portrait, tmp_path, app_retoucher):
+    """The partial renders go through the photo's own profile (the network works in sRGB) and the
+    display conversion like a full render: a 16-bit ProPhoto TIFF ends at the full render's pixels."""
+    from tests.test_edit_in import lightroom_tiff
+
+    img, spots = make_portrait(1200, 900, seed=4)
+    path = lightroom_tiff(tmp_path / "wide.tif", img)
+    w = make_window()
+    open_and_wait(qtbot, w, path)
+    doc, canvas = w.doc, w.canvas
+    assert doc.image.dtype == np.uint16 and doc.to_display is not None and not doc.working.identity
+    canvas.set_view(1.0, QPointF(0, 0))
+    w.brush_size_spin.setValue(14)
+    for sx, sy, _ in spots[:3]:
+        prev = _levels(doc)
+        stroke(canvas, [(sx, sy), (sx + 12, sy + 5)])
+        until(qtbot, w, lambda: doc.rendered_version == doc.mask_version and not w.busy)
+        _assert_same_outside(prev, doc.after_levels, doc.last_update)
+    full = doc.to_photo(app_retoucher.render(doc.analysis, doc.mask.copy()))
+    np.testing.assert_array_equal(app_retoucher.composite(doc.image, doc.correction, 1.0), app_retoucher.composite(doc.image, full, 1.0))
+    np.testing.assert_array_equal(doc.after_levels[0], _full_render_view(doc, app_retoucher)[0])
