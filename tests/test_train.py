@@ -247,7 +247,7 @@ def test_pack_and_parallel_training_as_on_a_gpu_window(dataset, tmp_path) -> Non
     processes, resuming from and writing the committed state."""
     from engine.training import pack
 
-    out = tmp_path / "pack.npz"
+    out = tmp_path / "new" / "pack.npz"  # its folder is made
     assert pack.main(["--out", str(out), "--clean", str(dataset["clean"]), "--raw", str(dataset["raw"]), "--preset", "tiny", "--budget-mib", "1"]) == 0
     loaded = pack.Pack(out)
     assert loaded.meta["px_per_mm"] == ModelConfig.preset("tiny").work_px_per_mm

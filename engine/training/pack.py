@@ -100,6 +100,7 @@ def build(clean_dirs: list[Path], raw_dirs: list[Path], px_per_mm: float, budget
 
 
 def save(arrays: dict[str, np.ndarray], path: Path) -> Path:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.savez(buf, **arrays)  # the JPEG/PNG bytes are already compressed
     return atomic_write_bytes(path, buf.getvalue())
