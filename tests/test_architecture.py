@@ -51,3 +51,31 @@ def test_run_time_path_does_not_import_training() -> None:
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"})
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_training_needs_only_what_a_gpu_machine_has(tmp_path) -> None:
+    """A lent GPU machine has torch, numpy, OpenCV, Pillow and safetensors, nothing else of ours:
+    training from a pack must run without the photo-file libraries and Qt."""
+    import numpy as np
+
+    from engine.imageio import from_float, save_image
+    from engine.training import pack
+    from tests.test_synth import make_face
+
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    for i in range(4):
+        save_image(faces / f"f{i}.png", from_float(make_face(96, seed=i), np.uint8))
+    assert pack.main(["--out", str(tmp_path / "p.npz"), "--clean", str(faces), "--raw", str(faces), "--preset", "tiny"]) == 0
+    blocked = ["exiv2", "tifffile", "rawpy", "pillow_heif", "imagecodecs", "PySide6", "qtawesome", "skimage"]
+    code = (
+        "import sys\n"
+        f"for name in {blocked!r}: sys.modules[name] = None\n"
+        "from engine.training.train import main\n"
+        f"main(['--run', {str(tmp_path / 'run')!r}, '--preset', 'tiny', '--pack', {str(tmp_path / 'p.npz')!r}, '--steps', '2',"
+        " '--batch', '2', '--unpaired-batch', '1', '--crop', '48', '--grid-every', '100000', '--threads', '1',"
+        f" '--state', {str(tmp_path / 'state.pt')!r}])\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (tmp_path / "state.pt").is_file() and (tmp_path / "run" / "model.safetensors").is_file()

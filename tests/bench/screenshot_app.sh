@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Screenshot of RetouchFormer Studio with a generated portrait, split before/after view.
-# Usage: tests/bench/screenshot_app.sh [OUT.png]     (default: resources/docs/screenshot.png)
+# Screenshot of RetouchFormer Studio, split before/after view, of PHOTO (default: a real acne photo
+# from ../shared/data/acne-faces when it is there, else a generated portrait).
+# Usage: tests/bench/screenshot_app.sh [OUT.png] [PHOTO]   (default OUT: resources/docs/screenshot.png)
 # Runs the real app under Xvfb (installs it with apt-get when missing and running as root; falls
 # back to Qt's offscreen platform otherwise). The app grabs its own window once the preview is
 # rendered (RETOUCH_STUDIO_SCREENSHOT) and quits. The user's settings are not touched.
@@ -9,6 +10,7 @@ cd "$(dirname "$0")/../.."
 OUT="${1:-resources/docs/screenshot.png}"
 mkdir -p "$(dirname "$OUT")"
 OUT="$(cd "$(dirname "$OUT")" && pwd)/$(basename "$OUT")"
+PHOTO="${2:-../shared/data/acne-faces/acne04_0070.jpg}"
 PY="${PYTHON:-.venv/bin/python}"
 [ -x "$PY" ] || PY=python3
 
@@ -23,6 +25,9 @@ fi
 
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
+if [ -f "$PHOTO" ]; then
+  cp "$PHOTO" "$TMP/portrait.jpg"
+else
 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$PY" - "$TMP/portrait.jpg" <<'PYEOF'
 import sys
 from app.sample import synthetic_portrait
@@ -30,6 +35,7 @@ from engine.imageio import save_image
 img, _ = synthetic_portrait(3000, 2250, seed=7)
 save_image(sys.argv[1], img, quality=93)
 PYEOF
+fi
 
 export RETOUCH_STUDIO_SCREENSHOT="$OUT" RETOUCH_STUDIO_SCREENSHOT_SPLIT=1
 export RETOUCH_STUDIO_DATA="$TMP/data" XDG_CONFIG_HOME="$TMP/config" PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"

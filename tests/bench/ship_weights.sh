@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# End of a training session: commit the state the next session resumes from, calibrate the new
+# weights, and ship them only if they beat the bundled ones on validation faces (held-out
+# portraits that are not the evaluation's: --offset 200). Then the evaluation tables.
+#
+#   bash tests/bench/ship_weights.sh RUN_DIR [OUT_DIR]
+#
+# RUN_DIR is the run being trained (its last.pt and model.safetensors); OUT_DIR (default
+# runs/ship) gets the candidate, the validation and evaluation tables. Copying the candidate over
+# resources/models/small.safetensors is left to the person running this, when validation says so.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+RUN=${1:?usage: ship_weights.sh RUN_DIR [OUT_DIR]}
+OUT=${2:-runs/ship}
+PY=${PYTHON:-.venv/bin/python}
+mkdir -p "$OUT"
+$PY -m engine.training.state export "$RUN/last.pt" resources/training/state.pt
+$PY -m engine.training.calibrate "$RUN/model.safetensors" --count 60 --offset 200 --out "$OUT/candidate.safetensors" | tee "$OUT/calibration.md"
+# validation: the whole pipeline, the bundled weights against the candidate
+$PY -m engine.training.evaluate --offset 200 --count 60 --face-size 400 \
+    --model "bundled=resources/models/small.safetensors" --model "candidate=$OUT/candidate.safetensors" \
+    --json "$OUT/validation.json" | tee "$OUT/validation.md"
+# the evaluation tables (first 200 held-out portraits) for the model card and the README
+CAND="RetouchFormer small (candidate)=$OUT/candidate.safetensors"
+$PY -m engine.training.evaluate --count 200 --true-mask --model "$CAND" --json "$OUT/eval_true_mask.json" | tee "$OUT/eval_true_mask.md"
+$PY -m engine.training.evaluate --count 200 --model "$CAND" --json "$OUT/eval.json" | tee "$OUT/eval.md"
+$PY -m engine.training.evaluate --count 40 --face-size 250,500,1000 --model "$CAND" --json "$OUT/eval_sizes.json" | tee "$OUT/eval_sizes.md"
+$PY -m engine.training.evaluate --count 60 --by-kind --model "$CAND" --json "$OUT/eval_kinds.json" | tee "$OUT/eval_kinds.md"
