@@ -117,3 +117,23 @@ def make_window(qtbot, isolated_settings, prompter, app_retoucher):
     yield make
     for w in windows:
         w.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> str:
+    """A tiny model whose synthesis visibly differs from its input (so corrections are non-zero):
+    quick tests of the whole path, independent of the shipped weights."""
+    import torch
+
+    from engine.model.checkpoint import save_model
+    from engine.model.config import ModelConfig
+    from engine.model.retouchformer import RetouchFormer
+
+    torch.manual_seed(1)
+    model = RetouchFormer(ModelConfig.preset("tiny"))
+    with torch.no_grad():
+        model.synthesis.out.weight.normal_(0.0, 0.05)
+        model.synthesis.out.bias.fill_(0.04)
+    path = tmp_path_factory.mktemp("tiny") / "tiny.safetensors"
+    save_model(model, path)
+    return str(path)

@@ -29,18 +29,6 @@ from engine.retoucher import Retoucher
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> str:
-    torch.manual_seed(1)
-    model = RetouchFormer(ModelConfig.preset("tiny"))
-    with torch.no_grad():
-        model.synthesis.out.weight.normal_(0.0, 0.05)
-        model.synthesis.out.bias.fill_(0.04)
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    save_model(model, path)
-    return str(path)
-
-
 @pytest.fixture(autouse=True)
 def _one_thread_no_faces(monkeypatch):
     torch.set_num_threads(1)
@@ -91,14 +79,14 @@ def _one_line_error(err: str) -> str:
 # single photo
 
 
-def test_cli_keeps_exif_icc_and_orientation(tmp_path, capsys, weights):
+def test_cli_keeps_exif_icc_and_orientation(tmp_path, capsys, tiny_weights):
     src = tmp_path / "in.jpg"
     stored = _photo(160, 200)
     # Stored sideways with orientation 6 (display = rotate 90 deg clockwise): upright is 200x160 (HxW).
     Image.fromarray(stored).save(src, quality=95, exif=_exif(6), icc_profile=_icc())
     out = tmp_path / "out.jpg"
     mask_out = tmp_path / "mask.png"
-    code, _, err = _run(capsys, src, "-o", out, "--weights", weights, "--device", "cpu", "--mask-out", mask_out)
+    code, _, err = _run(capsys, src, "-o", out, "--weights", tiny_weights, "--device", "cpu", "--mask-out", mask_out)
     assert code == 0, err
     photo = load_image(out)
     assert photo.pixels.shape == (200, 160, 3)  # upright
@@ -111,7 +99,7 @@ def test_cli_keeps_exif_icc_and_orientation(tmp_path, capsys, weights):
     assert mask.max() > 0
 
 
-def test_cli_16bit_png_and_user_mask(tmp_path, capsys, weights):
+def test_cli_16bit_png_and_user_mask(tmp_path, capsys, tiny_weights):
     src = tmp_path / "in16.png"
     img = _photo(dtype=np.uint16)
     save_image(src, img)
@@ -120,7 +108,7 @@ def test_cli_16bit_png_and_user_mask(tmp_path, capsys, weights):
     mpath = tmp_path / "m.png"
     cv2.imwrite(str(mpath), mask)
     out = tmp_path / "out16.png"
-    code, _, err = _run(capsys, src, "-o", out, "--weights", weights, "--device", "cpu", "--mask", mpath)
+    code, _, err = _run(capsys, src, "-o", out, "--weights", tiny_weights, "--device", "cpu", "--mask", mpath)
     assert code == 0, err
     res = load_image(out)
     assert res.bit_depth == 16 and res.pixels.dtype == np.uint16
@@ -128,46 +116,46 @@ def test_cli_16bit_png_and_user_mask(tmp_path, capsys, weights):
     assert (res.pixels[mask > 0] != img[mask > 0]).any()
     # strength 0 through the CLI: the photo comes back unchanged
     out0 = tmp_path / "zero.png"
-    assert _run(capsys, src, "-o", out0, "--weights", weights, "--device", "cpu", "--strength", "0")[0] == 0
+    assert _run(capsys, src, "-o", out0, "--weights", tiny_weights, "--device", "cpu", "--strength", "0")[0] == 0
     assert np.array_equal(load_image(out0).pixels, img)
 
 
-def test_cli_wrong_mask_size(tmp_path, capsys, weights):
+def test_cli_wrong_mask_size(tmp_path, capsys, tiny_weights):
     src = tmp_path / "in.png"
     save_image(src, _photo())
     mpath = tmp_path / "m.png"
     cv2.imwrite(str(mpath), np.zeros((50, 60), np.uint8))
-    code, _, err = _run(capsys, src, "-o", tmp_path / "o.png", "--weights", weights, "--mask", mpath)
+    code, _, err = _run(capsys, src, "-o", tmp_path / "o.png", "--weights", tiny_weights, "--mask", mpath)
     assert code == 1
     assert "60x50 but the photo is 200x160" in _one_line_error(err)
     assert not (tmp_path / "o.png").exists()
 
 
-def test_cli_refuses_overwrite_and_input(tmp_path, capsys, weights):
+def test_cli_refuses_overwrite_and_input(tmp_path, capsys, tiny_weights):
     src = tmp_path / "in.png"
     save_image(src, _photo())
     before = src.read_bytes()
-    code, _, err = _run(capsys, src, "-o", src, "--weights", weights, "--overwrite")
+    code, _, err = _run(capsys, src, "-o", src, "--weights", tiny_weights, "--overwrite")
     assert code == 1 and "input" in _one_line_error(err)
     assert src.read_bytes() == before
     out = tmp_path / "o.png"
     out.write_bytes(b"keep me")
-    code, _, err = _run(capsys, src, "-o", out, "--weights", weights)
+    code, _, err = _run(capsys, src, "-o", out, "--weights", tiny_weights)
     assert code == 1 and "--overwrite" in _one_line_error(err)
     assert out.read_bytes() == b"keep me"
-    assert _run(capsys, src, "-o", out, "--weights", weights, "--overwrite", "--device", "cpu")[0] == 0
+    assert _run(capsys, src, "-o", out, "--weights", tiny_weights, "--overwrite", "--device", "cpu")[0] == 0
     assert load_image(out).pixels.shape == (160, 200, 3)
 
 
-def test_cli_errors_are_one_line(tmp_path, capsys, weights):
+def test_cli_errors_are_one_line(tmp_path, capsys, tiny_weights):
     src = tmp_path / "in.png"
     save_image(src, _photo())
     cases = [
         [tmp_path / "missing.jpg", "-o", tmp_path / "o.png"],
         [src, "-o", tmp_path / "o.png", "--weights", tmp_path / "nope.safetensors"],
-        [src, "-o", tmp_path / "o.png", "--weights", weights, "--device", "quantum"],
-        [src, "-o", tmp_path / "o.xyz", "--weights", weights],
-        [src, "-o", tmp_path / "no_such_dir" / "o.png", "--weights", weights],
+        [src, "-o", tmp_path / "o.png", "--weights", tiny_weights, "--device", "quantum"],
+        [src, "-o", tmp_path / "o.xyz", "--weights", tiny_weights],
+        [src, "-o", tmp_path / "no_such_dir" / "o.png", "--weights", tiny_weights],
     ]
     for argv in cases:
         code, _, err = _run(capsys, *argv)
@@ -176,7 +164,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys, weights):
     assert not list(tmp_path.glob("o.*"))
 
 
-def test_cli_keyboard_interrupt(tmp_path, capsys, weights, monkeypatch):
+def test_cli_keyboard_interrupt(tmp_path, capsys, tiny_weights, monkeypatch):
     src = tmp_path / "in.png"
     save_image(src, _photo())
 
@@ -184,7 +172,7 @@ def test_cli_keyboard_interrupt(tmp_path, capsys, weights, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Retoucher, "analyze", interrupted)
-    code, _, err = _run(capsys, src, "-o", tmp_path / "o.png", "--weights", weights)
+    code, _, err = _run(capsys, src, "-o", tmp_path / "o.png", "--weights", tiny_weights)
     assert code == 130 and "Cancelled" in _one_line_error(err)
 
 
@@ -201,7 +189,7 @@ def test_cli_subprocess_no_traceback_and_version(tmp_path):
     assert res.returncode == 0 and __version__ in res.stdout
 
 
-def test_atomic_write_keeps_existing_output(tmp_path, capsys, weights, monkeypatch):
+def test_atomic_write_keeps_existing_output(tmp_path, capsys, tiny_weights, monkeypatch):
     src = tmp_path / "in.png"
     save_image(src, _photo())
     out_dir = tmp_path / "out"
@@ -213,7 +201,7 @@ def test_atomic_write_keeps_existing_output(tmp_path, capsys, weights, monkeypat
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", no_space)
-    code, _, err = _run(capsys, src, "-o", out, "--weights", weights, "--overwrite", "--device", "cpu")
+    code, _, err = _run(capsys, src, "-o", out, "--weights", tiny_weights, "--overwrite", "--device", "cpu")
     monkeypatch.undo()
     assert code == 1 and "No space left" in _one_line_error(err)
     assert out.read_bytes() == b"previous result"
@@ -249,10 +237,10 @@ def _folder(tmp_path: Path) -> Path:
     return src
 
 
-def test_batch_cli_goes_on_past_a_bad_file(tmp_path, capsys, weights):
+def test_batch_cli_goes_on_past_a_bad_file(tmp_path, capsys, tiny_weights):
     src = _folder(tmp_path)
     dst = tmp_path / "out"
-    code, _, err = _run(capsys, "batch", src, dst, "--weights", weights, "--device", "cpu")
+    code, _, err = _run(capsys, "batch", src, dst, "--weights", tiny_weights, "--device", "cpu")
     assert code == 1
     assert (dst / "a.jpg").is_file() and (dst / "b.png").is_file()
     assert not (dst / "sub").exists()  # not recursive
@@ -262,16 +250,16 @@ def test_batch_cli_goes_on_past_a_bad_file(tmp_path, capsys, weights):
     assert not [p for p in dst.rglob("*") if p.name.startswith(".")]  # no temporary files
     # run again: existing outputs are skipped, not rewritten
     stamp = (dst / "a.jpg").stat().st_mtime_ns
-    code, _, err = _run(capsys, "batch", src, dst, "--weights", weights, "--device", "cpu")
+    code, _, err = _run(capsys, "batch", src, dst, "--weights", tiny_weights, "--device", "cpu")
     assert code == 1 and "2 skipped" in err
     assert (dst / "a.jpg").stat().st_mtime_ns == stamp
 
 
-def test_batch_recursive_format_and_report(tmp_path, weights):
+def test_batch_recursive_format_and_report(tmp_path, tiny_weights):
     src = _folder(tmp_path)
     (src / "broken.jpg").unlink()
     dst = tmp_path / "out"
-    r = Retoucher.load(weights, device="cpu")
+    r = Retoucher.load(tiny_weights, device="cpu")
     seen = []
     report = run_batch(src, dst, retoucher=r, fmt="png", recursive=True, progress=lambda f, m: seen.append(f))
     assert sorted(p.name for p in report.done) == ["a.jpg", "b.png", "c.tif"] and not report.failed
@@ -282,7 +270,7 @@ def test_batch_recursive_format_and_report(tmp_path, weights):
     assert len(report.done) == 3 and not report.skipped
 
 
-def test_batch_folder_rules(tmp_path, weights):
+def test_batch_folder_rules(tmp_path, tiny_weights):
     src = _folder(tmp_path)
     with pytest.raises(RetouchError, match="must differ"):
         plan_batch(src, src)
@@ -301,23 +289,23 @@ def test_batch_folder_rules(tmp_path, weights):
     assert len(outs) == len(set(outs))
 
 
-def test_batch_cancel(tmp_path, weights):
+def test_batch_cancel(tmp_path, tiny_weights):
     src = _folder(tmp_path)
-    r = Retoucher.load(weights, device="cpu")
+    r = Retoucher.load(tiny_weights, device="cpu")
     with pytest.raises(Cancelled) as info:
         run_batch(src, tmp_path / "out", retoucher=r, cancel=lambda: True)
     assert info.value.report.done == []  # type: ignore[attr-defined]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_blemish_size_sets_the_scale(tmp_path, capsys, weights, monkeypatch) -> None:
+def test_blemish_size_sets_the_scale(tmp_path, capsys, tiny_weights, monkeypatch) -> None:
     """No face: the photo is still retouched, at the scale --blemish-size gives (said on stderr)."""
     monkeypatch.setattr(faces_mod, "detect", lambda image, **kw: [])
     src = tmp_path / "skin.png"
     save_image(src, _photo())
-    code, _, err = _run(capsys, src, "-o", tmp_path / "a.png", "--weights", weights, "--mask-out", tmp_path / "m.png")
+    code, _, err = _run(capsys, src, "-o", tmp_path / "a.png", "--weights", tiny_weights, "--mask-out", tmp_path / "m.png")
     assert code == 0 and "No face found; blemish size" in err and "(assumed: no face)" in err
-    code, _, err = _run(capsys, src, "-o", tmp_path / "b.png", "--weights", weights, "--blemish-size", "12")
+    code, _, err = _run(capsys, src, "-o", tmp_path / "b.png", "--weights", tiny_weights, "--blemish-size", "12")
     assert code == 0 and "blemish size 12 px (as set)" in err
     assert not np.array_equal(load_image(tmp_path / "b.png").pixels, _photo())
     with pytest.raises(SystemExit):

@@ -101,29 +101,10 @@ def test_out_of_srgb_gamut_colours_are_not_clipped_by_the_round_trip():
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> str:
-    """A tiny model whose synthesis visibly differs from its input (so corrections are non-zero)."""
-    import torch
-
-    from engine.model.checkpoint import save_model
-    from engine.model.config import ModelConfig
-    from engine.model.retouchformer import RetouchFormer
-
-    torch.manual_seed(1)
-    model = RetouchFormer(ModelConfig.preset("tiny"))
-    with torch.no_grad():
-        model.synthesis.out.weight.normal_(0.0, 0.05)
-        model.synthesis.out.bias.fill_(0.04)
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    save_model(model, path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def retoucher(weights):
+def retoucher(tiny_weights):
     from engine.retoucher import Retoucher
 
-    return Retoucher.load(weights, device="cpu")
+    return Retoucher.load(tiny_weights, device="cpu")
 
 
 @pytest.fixture()
@@ -156,12 +137,12 @@ def test_prophoto_16bit_tiff_keeps_profile_and_pixels_outside_the_mask(retoucher
     assert m["Exif.Image.Make"] == "Nikn" and m["Exif.Image.Software"] == imageio.SOFTWARE
 
 
-def test_cli_in_place_is_the_scripted_edit_in(prophoto_tiff, weights, tmp_path, capsys):
+def test_cli_in_place_is_the_scripted_edit_in(prophoto_tiff, tiny_weights, tmp_path, capsys):
     from engine.cli import main
 
     path, _ = prophoto_tiff
     before = load_image(path)
-    assert main([str(path), "--in-place", "--device", "cpu", "--weights", weights]) == 0
+    assert main([str(path), "--in-place", "--device", "cpu", "--weights", tiny_weights]) == 0
     after = load_image(path)
     assert after.icc_profile == prophoto() and after.bit_depth == 16
     assert after.metadata.as_dict()["Xmp.xmp.Rating"] == "5"

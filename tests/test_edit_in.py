@@ -41,22 +41,10 @@ def convert(px: np.ndarray, src: bytes, dst: bytes, dtype) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def tiny_retoucher(tmp_path_factory):
-    import torch
-
-    from engine.model.checkpoint import save_model
-    from engine.model.config import ModelConfig
-    from engine.model.retouchformer import RetouchFormer
+def tiny_retoucher(tiny_weights):
     from engine.retoucher import Retoucher
 
-    torch.manual_seed(1)
-    model = RetouchFormer(ModelConfig.preset("tiny"))
-    with torch.no_grad():
-        model.synthesis.out.weight.normal_(0.0, 0.05)
-        model.synthesis.out.bias.fill_(0.04)
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    save_model(model, path)
-    return Retoucher.load(path, device="cpu")
+    return Retoucher.load(tiny_weights, device="cpu")
 
 
 def lightroom_tiff(path: Path, srgb8: np.ndarray) -> Path:
