@@ -139,19 +139,31 @@ class CorrectionBuilder:
         self._buf: dict[Box, np.ndarray] = {}
 
     def add(self, box: Box, delta: np.ndarray) -> None:
-        """Add ``delta`` ((y1-y0, x1-x0, 3), photo units, any float dtype) over ``box``."""
+        """Add ``delta`` ((y1-y0, x1-x0, 3), photo units, any float dtype) over ``box`` (any box
+        inside the boxes given at construction: a region's box or a part of it)."""
         bx0, by0, bx1, by1 = box
         if delta.shape != (by1 - by0, bx1 - bx0, 3):
             raise ValueError(f"delta of shape {delta.shape} does not fit box {box}")
         for cell in self.cells:
-            x0, y0, x1, y1 = cell
-            if x0 >= bx0 and x1 <= bx1 and y0 >= by0 and y1 <= by1:
-                part = delta[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0]
-                buf = self._buf.get(cell)
-                if buf is None:
+            inter = _intersect(cell, box)
+            if inter is None:
+                continue
+            x0, y0, x1, y1 = inter
+            part = delta[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0]
+            buf = self._buf.get(cell)
+            if buf is None:
+                if inter == cell:
                     self._buf[cell] = part.astype(self.store, copy=True)
-                else:
-                    np.add(buf, part, out=buf, casting="same_kind")
+                    continue
+                buf = self._buf[cell] = np.zeros((cell[3] - cell[1], cell[2] - cell[0], 3), self.store)
+            target = buf[y0 - cell[1] : y1 - cell[1], x0 - cell[0] : x1 - cell[0]]
+            bits = target.view(np.uint16 if target.dtype == np.float16 else np.uint32)
+            if not bits.any():  # nothing there yet: 0 + part is part (the cast is the same)
+                target[...] = part
+            else:  # summed in float32 (NumPy's own float16 arithmetic is slow), stored rounded
+                acc = target.astype(np.float32)
+                acc += part
+                target[...] = acc
 
     def build(self, regions: Sequence[Box] = ()) -> Correction:
         """The finished correction; each cell is trimmed to the rows/columns where it is non-zero."""

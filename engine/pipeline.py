@@ -84,6 +84,9 @@ EDIT_MARGIN = 32
 EDIT_ALIGN = 8
 #: Rows of photo pixels processed at once where a large box is resampled (bounds the memory).
 _STRIP = 256
+#: Side of the tiles in which the working grid is resampled to the photo (see _upsample); a
+#: correction is assembled in bands of these rows, each only where the mask is not 0.
+_TILE = 128
 
 
 def check_image(image: object, name: str = "image") -> np.ndarray:
@@ -226,10 +229,12 @@ def _upsample(arr_n: np.ndarray, region: Region, sub: Box) -> np.ndarray:
     """``arr_n`` (the region's ``n x n`` grid, float32, 1-4 channels) resampled to the crop's
     ``side x side`` pixels, evaluated at the photo pixels of ``sub`` (inside ``region.box``).
 
-    Bilinear with pixel centres aligned (as ``cv2.resize``), evaluated pointwise by ``cv2.remap``
-    on coordinates computed from each pixel's position, so any sub-rectangle equals the same part
-    of the whole. Downsampling (a region upscaled to reach the working scale) is done whole: such
-    regions are smaller than the working grid.
+    Bilinear with pixel centres aligned (as ``cv2.resize``), evaluated by ``cv2.remap`` on
+    coordinates computed from each pixel's position, in fixed :data:`_TILE` x :data:`_TILE` tiles
+    of the crop (the same calls whatever ``sub`` is: OpenCV's vectorised loops may round a pixel
+    differently depending on where it falls in a call), so any sub-rectangle equals the same part
+    of the whole exactly. Downsampling (a region upscaled to reach the working scale) is done
+    whole: such regions are smaller than the working grid.
     """
     s, n = region.side, region.n
     cx0, cy0 = region.crop[0], region.crop[1]
@@ -237,16 +242,22 @@ def _upsample(arr_n: np.ndarray, region: Region, sub: Box) -> np.ndarray:
     if s <= n:
         return np.ascontiguousarray(resize(arr_n, (s, s))[y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0], dtype=np.float32)
     f = n / s
-    px = ((np.arange(x0 - cx0, x1 - cx0, dtype=np.float64) + 0.5) * f - 0.5).astype(np.float32)
-    py = ((np.arange(y0 - cy0, y1 - cy0, dtype=np.float64) + 0.5) * f - 0.5).astype(np.float32)
+    t = _TILE
+    X0, Y0, X1, Y1 = x0 - cx0, y0 - cy0, x1 - cx0, y1 - cy0  # crop coordinates
+    tx0, ty0 = X0 // t * t, Y0 // t * t
+    tx1, ty1 = -(-X1 // t) * t, -(-Y1 // t) * t
+    px = ((np.arange(tx0, tx1, dtype=np.float64) + 0.5) * f - 0.5).astype(np.float32)
+    py = ((np.arange(ty0, ty1, dtype=np.float64) + 0.5) * f - 0.5).astype(np.float32)
     src = np.ascontiguousarray(arr_n, dtype=np.float32)
-    out = np.empty((y1 - y0, x1 - x0) + src.shape[2:], np.float32)
-    w = x1 - x0
-    for r0 in range(0, y1 - y0, _STRIP):
-        r1 = min(y1 - y0, r0 + _STRIP)
-        mx = np.broadcast_to(px, (r1 - r0, w)).copy()
-        my = np.broadcast_to(py[r0:r1, None], (r1 - r0, w)).copy()
-        out[r0:r1] = cv2.remap(src, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).reshape(out[r0:r1].shape)
+    out = np.empty((Y1 - Y0, X1 - X0) + src.shape[2:], np.float32)
+    for ty in range(ty0, ty1, t):
+        my = np.broadcast_to(py[ty - ty0 : ty - ty0 + t, None], (t, t)).copy()
+        r0, r1 = max(Y0, ty), min(Y1, ty + t)
+        for tx in range(tx0, tx1, t):
+            mx = np.broadcast_to(px[tx - tx0 : tx - tx0 + t], (t, t)).copy()
+            tile = cv2.remap(src, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            c0, c1 = max(X0, tx), min(X1, tx + t)
+            out[r0 - Y0 : r1 - Y0, c0 - X0 : c1 - X0] = tile[r0 - ty : r1 - ty, c0 - tx : c1 - tx]
     return out
 
 
@@ -263,11 +274,10 @@ def full_res_delta(
     sub = (x0, y0, x1, y1)
     out = _upsample(delta_n, region, sub)
     if region.side > x_n.shape[0]:
-        both = _upsample(np.dstack([x_n, gain_n]), region, sub)  # x_n and the gain in one pass
-        gain = both[..., 3]
+        gain = _upsample(gain_n, region, sub)
         if float(gain.min()) < 1.0:
             hp = to_float(image[y0:y1, x0:x1])
-            hp -= both[..., :3]
+            hp -= _upsample(x_n, region, sub)
             gain -= np.float32(1.0)
             hp *= gain[..., None]
             out += hp
@@ -346,13 +356,24 @@ def assemble_correction(
         if not weight.any():
             continue
         x_n, delta_n, gain_n = res
-        d = full_res_delta(image, region, x_n, delta_n, gain_n, sub)
-        wgt = region_weights(regions, shape, i, sub)
-        wgt *= weight
-        wgt *= top
-        d *= wgt[..., None]
-        builder.add(sub, d)
-        del d, wgt
+        # Computed in bands of rows, each over the columns where the mask is not 0 (a predicted
+        # mask is mostly 0): pixels left out are exactly 0, as they would be computed.
+        rows = weight.any(axis=1)
+        first = (region.crop[1] - y0) % _TILE  # bands on the resampling tiles' rows
+        for b0, b1 in zip([0] + list(range(first or _TILE, y1 - y0, _TILE)), list(range(first or _TILE, y1 - y0, _TILE)) + [y1 - y0]):
+            band = np.flatnonzero(rows[b0:b1])
+            if band.size == 0:
+                continue
+            r0, r1 = b0 + int(band[0]), b0 + int(band[-1]) + 1
+            cols = np.flatnonzero(weight[r0:r1].any(axis=0))
+            c0, c1 = int(cols[0]), int(cols[-1]) + 1
+            part = (x0 + c0, y0 + r0, x0 + c1, y0 + r1)
+            wgt = region_weights(regions, shape, i, part)
+            wgt *= weight[r0:r1, c0:c1]
+            wgt *= top
+            dp = full_res_delta(image, region, x_n, delta_n, gain_n, part)
+            dp *= wgt[..., None]
+            builder.add(part, dp)
     c = builder.build([r.box for r in regions])
     c.rect = None if rect is None else tuple(int(v) for v in rect)
     return c

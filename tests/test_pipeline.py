@@ -557,8 +557,11 @@ def test_windowed_pieces_equal_the_whole():
         d_n = rng.normal(0, 0.05, (n, n, 3)).astype(np.float32)
         g_n = rng.random((n, n)).astype(np.float32)
         full = pl.full_res_delta(img, region, x_n, d_n, g_n)
-        sub = (x0 + 11, y0 + 23, x1 - 5, y0 + 90)
-        np.testing.assert_array_equal(pl.full_res_delta(img, region, x_n, d_n, g_n, sub), full[23:90, 11 : x1 - x0 - 5])
+        for _ in range(12):  # any rectangle
+            sx0, sy0 = rng.integers(0, x1 - x0 - 1), rng.integers(0, y1 - y0 - 1)
+            sx1, sy1 = rng.integers(sx0 + 1, x1 - x0 + 1), rng.integers(sy0 + 1, y1 - y0 + 1)
+            sub = (x0 + sx0, y0 + sy0, x0 + sx1, y0 + sy1)
+            np.testing.assert_array_equal(pl.full_res_delta(img, region, x_n, d_n, g_n, sub), full[sy0:sy1, sx0:sx1])
         # what a working window reaches on the photo (photo_reach) bounds the change of the upsampling
         wb = (10, 12, 14, 15)
         d2 = d_n.copy()
