@@ -702,7 +702,7 @@ class MainWindow(QMainWindow):
         self.preview_fill()
         self.canvas.invalidate()
         self._update_actions()
-        self.request_render()
+        QTimer.singleShot(0, self, self.request_render)  # once the preview is on screen
 
     def undo(self) -> None:
         if self.doc is not None and self.canvas._stroke is None and self.doc.undo() is not None:
