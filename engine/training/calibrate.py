@@ -29,19 +29,22 @@ from engine.training import metrics
 from engine.training.data import DEFAULT_DATA, eval_pairs
 from engine.training.evaluate import BLEMISH_THRESHOLD
 
-FLOORS = (0.0, 0.1, 0.2, 0.3)
-TOPHATS_MM = (0.0, 4.0, 6.0, 8.0)
+FLOORS = (0.0, 0.1, 0.2)
+TOPHATS_MM = (0.0, 2.0, 3.0, 4.0, 6.0, 8.0)
 
 
 def calibrate(weights: Path, clean_dirs: list[Path], count: int, offset: int, seed: int = 4321, floors=FLOORS, tophats=TOPHATS_MM):
-    """{(top-hat mm, floor): (whole-image PSNR, PSNR in blemishes, Soft-IoU)} on the validation pairs."""
+    """({(top-hat mm, floor): (whole-image PSNR, PSNR in blemishes, Soft-IoU)}, the number of
+    validation pairs, (whole-image PSNR, PSNR in blemishes) of the untouched photos)."""
     model = load_model(weights)
     pairs = list(eval_pairs(clean_dirs, model.config.work_px_per_mm, count, seed, offset=offset))
     settings = [(t, f) for t in tophats for f in floors]
     scores: dict[tuple[float, float], list[tuple[float, float, float]]] = {s: [] for s in settings}
+    untouched = []
     for _, raw, clean, true in pairs:
         x = torch.from_numpy(raw).permute(2, 0, 1)[None].contiguous()
         region = true > BLEMISH_THRESHOLD
+        untouched.append((metrics.psnr(raw, clean), metrics.psnr(raw, clean, mask=region) if region.any() else np.nan))
         with torch.inference_mode():
             enc = model.encode(x)
             raw_mask = torch.sigmoid(model.mask_logits(x, enc.recon, ema=True))
@@ -50,7 +53,8 @@ def calibrate(weights: Path, clean_dirs: list[Path], count: int, offset: int, se
                 out = model.synthesize(enc, m)[0][0].permute(1, 2, 0).numpy()
                 inside = metrics.psnr(out, clean, mask=region) if region.any() else np.nan
                 scores[(t, f)].append((metrics.psnr(out, clean), inside, metrics.soft_iou(m[0, 0].numpy(), true)))
-    return {s: tuple(float(np.nanmean([v[k] for v in vals])) for k in range(3)) for s, vals in scores.items()}, len(pairs)
+    table = {s: tuple(float(np.nanmean([v[k] for v in vals])) for k in range(3)) for s, vals in scores.items()}
+    return table, len(pairs), tuple(float(np.nanmean([u[k] for u in untouched])) for k in range(2))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    table, n = calibrate(args.weights, args.clean or [DEFAULT_DATA / "faces-hq", DEFAULT_DATA / "faces"], args.count, args.offset)
+    table, n, untouched = calibrate(args.weights, args.clean or [DEFAULT_DATA / "faces-hq", DEFAULT_DATA / "faces"], args.count, args.offset)
     print(f"| top-hat (mm) | mask floor | PSNR (dB) | PSNR in blemishes (dB) | Soft-IoU |  ({n} validation portraits)\n|---|---|---|---|---|")
+    print(f"| untouched | | {untouched[0]:.2f} | {untouched[1]:.2f} | n/a |")
     for (t, f), (whole, inside, iou) in table.items():
         print(f"| {t:.0f} | {f:.2f} | {whole:.2f} | {inside:.2f} | {iou:.3f} |")
     best = max(table, key=lambda s: table[s][0] + table[s][1])
