@@ -8,11 +8,14 @@ the photo is a 0.3 MP crop or a 60 MP frame:
 * **faces**: one square crop per detected face, :data:`FACE_CONTEXT` face widths a side (forehead
   to chin with some neck and hair), scaled by the face's own ``px_per_mm`` (from the detector's
   landmarks); a large face runs at a higher resolution than a small one;
-* **the rest of the photo**: overlapping square tiles at the *photo's* scale (the faces' median,
-  or the user's "blemish size", or :data:`NO_FACE_FIELD_MM` across the short side when there is no
-  face), leaving out tiles without skin-coloured pixels and tiles that a face crop already covers.
-  A false or missed detection therefore never leaves part of the skin out. When the tiles would
-  be more than :data:`MAX_TILES`, they are planned at a coarser scale (said in the message).
+* **the skin beside the faces**: overlapping square tiles at the *photo's* scale (the sure faces'
+  median, or the user's "blemish size", or :data:`NO_FACE_FIELD_MM` across the short side when
+  there is no face), leaving out tiles without skin-coloured pixels and tiles that a face crop
+  already covers. With faces the detector is sure of, tiles are planned around them (ears, neck,
+  shoulders, chest: :data:`NEIGHBOURHOOD`); without one (a close-up of skin, a back, a face the
+  detector missed or an unsure detection) over the whole photo, so a false or missed detection
+  never leaves the skin out. When the tiles would be more than :data:`MAX_TILES`, they are
+  planned at a coarser scale (said in the message); tiles are never upscaled.
 
 Faces are tier 0 and tiles tier 1: where both cover a pixel, the face's result is used
 (engine.pipeline weighs tier 1 by what tier 0 leaves).
@@ -54,7 +57,13 @@ FACE_RAMP = 0.12
 TILE_WORK = 384
 TILE_OVERLAP = 0.25
 #: Most tiles planned for the rest of the photo; beyond it the tiles are planned coarser.
-MAX_TILES = 24
+MAX_TILES = 6
+#: With sure faces, tiles are planned only this many face-crop sides around each face crop
+#: (half again as far downwards: neck, shoulders, chest).
+NEIGHBOURHOOD = 0.4
+#: Tiles are never upscaled (faces may be, up to MAX_UPSCALE): in a small photo the skin away from
+#: the faces runs at the photo's own resolution.
+MAX_TILE_UPSCALE = 1.0
 #: Without faces (and without a blemish size from the user) the photo's short side is taken to
 #: span this many millimetres of skin (a close-up of a cheek, a shoulder, a back).
 NO_FACE_FIELD_MM = 150.0
@@ -67,7 +76,7 @@ MULTIPLE = 16
 #: skin gets its own crop, but does not set the scale of the rest of the photo).
 SURE_FACE = 0.8
 #: A tile is kept when at least this share of its (low-resolution) pixels has a skin colour.
-MIN_SKIN = 0.02
+MIN_SKIN = 0.08
 
 
 @dataclass(frozen=True)
@@ -153,7 +162,11 @@ def _positions(length: int, tile: int, overlap: float) -> list[int]:
     return [int(round(i * (length - tile) / (n - 1))) for i in range(n)]
 
 
-def _tiles(shape: tuple[int, int], scale: float, faces: list[Region], skin: np.ndarray | None) -> list[Region]:
+def _near(box: Box, areas: list[Box] | None) -> bool:
+    return areas is None or any(box[0] < a[2] and a[0] < box[2] and box[1] < a[3] and a[1] < box[3] for a in areas)
+
+
+def _tiles(shape: tuple[int, int], scale: float, faces: list[Region], skin: np.ndarray | None, areas: list[Box] | None = None) -> list[Region]:
     h, w = int(shape[0]), int(shape[1])
     side = max(16, int(round(TILE_WORK / scale)))
     if max(h, w) <= 1.25 * side:  # one tile, a little larger, covers the whole photo
@@ -165,7 +178,7 @@ def _tiles(shape: tuple[int, int], scale: float, faces: list[Region], skin: np.n
         for x in _positions(w, side, TILE_OVERLAP):
             crop = (x, y, x + side, y + side)
             box = clip_box(crop, shape)
-            if box is not None and _uncovered_skin(box, shape, faces, skin) >= MIN_SKIN:
+            if box is not None and _near(box, areas) and _uncovered_skin(box, shape, faces, skin) >= MIN_SKIN:
                 out.append(Region(crop, box, n, ramp, "tile", 1))
     return out
 
@@ -209,10 +222,18 @@ def plan_regions(
         r = _face_region(f, shape, min(MAX_UPSCALE, s))
         if r is not None:
             face_regions.append(r)
-    tile_scale = min(MAX_UPSCALE, work_px_per_mm / px_per_mm)
+    tile_scale = min(MAX_TILE_UPSCALE, work_px_per_mm / px_per_mm)
+    # With faces YuNet is sure of, tiles cover the skin around them (ears, neck, shoulders, chest);
+    # without, the whole photo (a close-up of skin, a shoulder, a face the detector missed).
+    areas = None
+    if any(f.score >= SURE_FACE for f in faces):
+        areas = []
+        for r, f in zip(face_regions, faces):
+            g = NEIGHBOURHOOD * r.side
+            areas.append((int(r.crop[0] - g), int(r.crop[1] - g), int(r.crop[2] + g), int(r.crop[3] + 1.5 * g)))
     coarser = False
     while True:
-        tiles = _tiles(shape, tile_scale, face_regions, skin)
+        tiles = _tiles(shape, tile_scale, face_regions, skin, areas)
         if len(tiles) <= MAX_TILES:
             break
         tile_scale *= 0.8

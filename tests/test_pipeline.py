@@ -339,10 +339,10 @@ def test_stroke_outside_faces_is_corrected_locally(retoucher, one_face):
 
 
 def test_false_detection_does_not_leave_the_rest_out(retoucher, monkeypatch):
-    """A small false 'face' on a skin photo: the skin around it is still planned, at the scale
-    of that detection, and every skin pixel lies in some region."""
-    monkeypatch.setattr(faces_mod, "detect", lambda image, **kw: [fake_face((300, 200, 340, 240))])
-    img = _skin(400, 480)
+    """A small unsure 'face' on a photo of skin: the whole photo is still planned (at the default
+    scale, not the detection's), and every skin pixel lies in some region."""
+    monkeypatch.setattr(faces_mod, "detect", lambda image, **kw: [fake_face((300, 200, 340, 240), score=0.65)])
+    img = _skin(600, 900)
     a = retoucher.analyze(img)
     kinds = [r.kind for r in a.plan.regions]
     assert kinds[0] == "face" and "tile" in kinds

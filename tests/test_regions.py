@@ -92,3 +92,19 @@ def test_a_lone_unsure_face_does_not_set_the_photo_scale() -> None:
     assert plan.regions[0].kind == "face"  # it still gets its own crop
     sure = rg.plan_regions((1200, 1600), [fake_face((400, 300, 680, 580), score=0.95), unsure], WORK)
     assert sure.source == "faces" and sure.px_per_mm == pytest.approx(2.0)
+
+
+def test_tiles_stay_around_sure_faces() -> None:
+    """With a face the detector is sure of, the skin tiles cover its surroundings (neck,
+    shoulders), not the far corners of a skin-coloured photo; tiles are never upscaled."""
+    shape = (3000, 4000)
+    face = fake_face((1800, 600, 2200, 1000))
+    plan = rg.plan_regions(shape, [face], WORK, skin=np.ones((30, 40), bool))
+    crop = plan.regions[0]
+    tiles = [r for r in plan.regions if r.kind == "tile"]
+    assert tiles and all(r.n <= r.side for r in tiles)
+    reach = rg.NEIGHBOURHOOD * crop.side
+    for t in tiles:
+        assert t.box[0] < crop.crop[2] + reach and t.box[2] > crop.crop[0] - reach
+        assert t.box[1] < crop.crop[3] + 1.5 * reach and t.box[3] > crop.crop[1] - reach
+    assert not any(t.box[0] == 0 and t.box[1] == 0 for t in tiles)  # the top-left corner is left alone
