@@ -1392,6 +1392,11 @@ def _encode_tiff(rgb: np.ndarray, alpha: np.ndarray | None) -> bytes:
     return buf.getvalue()
 
 
+def _metadata_params(exif: bytes | None, xmp: bytes | None, icc: bytes | None) -> dict[str, bytes]:
+    """The metadata blocks Pillow and pillow-heif take as save parameters (the empty ones left out)."""
+    return {k: v for k, v in (("exif", exif), ("xmp", xmp), ("icc_profile", icc)) if v}
+
+
 def _encode_heif(rgb: np.ndarray, alpha: np.ndarray | None, quality: int, exif: bytes | None, xmp: bytes | None,
                  icc: bytes | None) -> bytes:
     try:
@@ -1404,13 +1409,7 @@ def _encode_heif(rgb: np.ndarray, alpha: np.ndarray | None, quality: int, exif: 
     if sixteen:  # pillow-heif takes 10-bit samples aligned to the top of 16 bits
         arr = ((arr.astype(np.uint32) * 1023 + 32767) // 65535 << 6).astype(np.uint16)
     heif = pillow_heif.from_bytes(mode=mode, size=(arr.shape[1], arr.shape[0]), data=np.ascontiguousarray(arr).tobytes())
-    params: dict[str, Any] = {"quality": quality, "chroma": 444 if quality >= 90 else 420}
-    if exif:
-        params["exif"] = exif
-    if xmp:
-        params["xmp"] = xmp
-    if icc:
-        params["icc_profile"] = icc
+    params: dict[str, Any] = {"quality": quality, "chroma": 444 if quality >= 90 else 420, **_metadata_params(exif, xmp, icc)}
     buf = io.BytesIO()
     try:
         heif.save(buf, format="HEIF", **params)
@@ -1426,13 +1425,8 @@ def _encode_heif(rgb: np.ndarray, alpha: np.ndarray | None, quality: int, exif: 
 def _encode_avif(rgb: np.ndarray, alpha: np.ndarray | None, quality: int, exif: bytes | None, xmp: bytes | None,
                  icc: bytes | None) -> bytes:
     im = Image.fromarray(np.dstack([rgb, alpha]) if alpha is not None else np.ascontiguousarray(rgb))
-    params: dict[str, Any] = {"quality": quality, "subsampling": "4:4:4" if quality >= 90 else "4:2:0"}
-    if exif:
-        params["exif"] = exif
-    if xmp:
-        params["xmp"] = xmp
-    if icc:
-        params["icc_profile"] = icc
+    params: dict[str, Any] = {"quality": quality, "subsampling": "4:4:4" if quality >= 90 else "4:2:0",
+                              **_metadata_params(exif, xmp, icc)}
     buf = io.BytesIO()
     im.save(buf, "AVIF", **params)
     return buf.getvalue()

@@ -52,7 +52,8 @@ def until(qtbot, w, cond, timeout: int = TIMEOUT) -> None:
 
 def open_and_wait(qtbot, w, path: Path) -> None:
     w.open_photo(path)
-    until(qtbot, w, lambda: w.doc is not None and w.doc.after_levels is not None and not w.busy)
+    until(qtbot, w, lambda: w.doc is not None and w.doc.path == Path(path) and w.doc.after_levels is not None
+          and not w.busy)
 
 
 def mouse(canvas, kind: QEvent.Type, x: float, y: float, button=Qt.MouseButton.LeftButton) -> None:

@@ -23,6 +23,7 @@ from app.document import sidecar_path
 from engine import imageio
 from engine.colour import adobe_rgb_profile, srgb_profile
 from engine.imageio import load_image, save_image
+from tests.test_app_window import open_and_wait, until
 
 KW = {"colorspace": "rgb", "outcolorspace": "rgb"}
 TIMEOUT = 120_000
@@ -74,20 +75,6 @@ def lightroom_tiff(path: Path, srgb8: np.ndarray) -> Path:
     io_.munmap()
     path.write_bytes(data)
     return path
-
-
-def until(qtbot, w, cond, timeout: int = TIMEOUT) -> None:
-    def check() -> bool:
-        assert not w.prompter.errors, w.prompter.errors
-        return bool(cond())
-
-    qtbot.waitUntil(check, timeout=timeout)
-
-
-def open_and_wait(qtbot, w, path: Path) -> None:
-    w.open_photo(path)
-    until(qtbot, w, lambda: w.doc is not None and w.doc.path == Path(path) and w.doc.after_levels is not None
-          and not w.busy)
 
 
 def paint_mask(qtbot, w, box: tuple[int, int, int, int]) -> np.ndarray:

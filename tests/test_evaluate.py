@@ -126,3 +126,15 @@ def test_calibrate_picks_a_mask_floor_on_validation_faces(setup, capsys, tmp_pat
     spot[..., 30:34, 30:34] = 0.9
     top = model.calibrate(spot, 0.0, 8.0 / model.config.work_px_per_mm)
     assert top[0, 0, 0, 0] == 0 and top[0, 0, 31, 31] > 0.8
+
+
+def test_calibration_choice_never_harms_the_whole_photo() -> None:
+    from engine.training.calibrate import choose
+
+    untouched = (41.0, 25.0)
+    table = {(0.0, 0.0): (40.0, 29.0, 0.3),   # best inside, but worse than untouched overall
+             (4.0, 0.0): (41.5, 27.0, 0.2),   # safe, more taken out of the blemishes
+             (8.0, 0.0): (42.0, 26.0, 0.1)}   # safest, but leaves more of them
+    assert choose(table, untouched) == (4.0, 0.0)
+    # nothing safe: the best sum of the two
+    assert choose({k: (v[0] - 5, v[1], v[2]) for k, v in table.items()}, untouched) == (0.0, 0.0)
