@@ -1,12 +1,14 @@
 """The classical fill G is anchored on: right colour, skin texture kept, and the untrained model returns it."""
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 import torch
 
 from engine.model import ModelConfig, RetouchFormer
-from engine.model.fill import TEXTURE_MM, anchor_fill, anchor_fill_np, push_pull
+from engine.model.fill import TEXTURE_MM, anchor_fill, anchor_fill_np, gaussian_blur, push_pull
 from engine.training.metrics import mean_delta_e
 
 
@@ -78,3 +80,29 @@ def test_untrained_model_returns_the_classical_fill() -> None:
         expected = x + m * (anchor_fill(x, m, TEXTURE_MM * model.config.work_px_per_mm) - x)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
     assert torch.equal(out[m.expand_as(out) == 0], x[m.expand_as(x) == 0])
+
+
+def test_colour_lock_keeps_the_fill_colour_and_lets_texture_through() -> None:
+    """With ``colour_lock_mm`` G cannot move the local colour of the fill (no paler or yellower
+    patches): a uniform correction from G is taken away entirely, fine detail passes."""
+    torch.manual_seed(0)
+    model = RetouchFormer(ModelConfig.preset("tiny")).eval()
+    assert model.config.colour_lock_mm > 0
+    clean, raw, alpha = _skin_with_spot(size=64)
+    x = torch.from_numpy(raw).permute(2, 0, 1)[None]
+    m = torch.from_numpy(alpha)[None, None]
+    with torch.inference_mode():
+        fill = anchor_fill(x, m, TEXTURE_MM * model.config.work_px_per_mm)
+        model.synthesis.out.bias.copy_(torch.tensor([0.08, 0.06, 0.02]))  # "lighter, yellower"
+        locked = model.synthesize(model.encode(x), m)[1]
+        torch.testing.assert_close(locked, fill, atol=1e-5, rtol=0)
+        free = RetouchFormer(dataclasses.replace(model.config, colour_lock_mm=0.0)).eval()
+        free.load_state_dict(model.state_dict())
+        assert (free.synthesize(free.encode(x), m)[1] - fill).mean() > 0.04  # without the lock: a pale patch
+        # fine detail (a checkerboard correction) goes through the lock almost unchanged
+        model.synthesis.out.bias.zero_()
+        model.synthesis.out.weight.zero_()
+        y = model.synthesis
+        checker = ((torch.arange(64)[:, None] + torch.arange(64)[None]) % 2).float() * 0.1 - 0.05
+        hp = checker - gaussian_blur(checker[None, None], y.lock_sigma)[0, 0]
+        assert (hp - checker).abs().mean() < 0.2 * checker.abs().mean()

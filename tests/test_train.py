@@ -83,6 +83,10 @@ def test_resume_refuses_a_different_config(dataset, tmp_path) -> None:
     train(_args(dataset, run, 2))
     with pytest.raises(SystemExit, match="different model configuration"):
         train(_args(dataset, run, 4, "--set", "attention=global"))
+    # a setting that no parameter depends on may change between segments
+    train(_args(dataset, run, 3, "--set", "colour_lock_mm=2.5"))
+    assert load_model(run / "model.safetensors").config.colour_lock_mm == 2.5
+    assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()][-1] == 3
 
 
 def test_init_starts_a_new_run_from_earlier_weights(dataset, tmp_path) -> None:

@@ -53,9 +53,21 @@ class ModelConfig:
     # rest stretched back to 0..1. 0 switches either off.
     mask_tophat_mm: float = 0.0
     mask_floor: float = 0.0
+    # With ``anchor``: G may change the anchor's texture and edges but not the local colour of the
+    # fill: the part of its correction below this scale (a Gaussian this many millimetres wide) is
+    # taken away, so a filled spot keeps the colour of the skin around it (no paler or yellower
+    # patches from a learned skin tone). 0: off (checkpoints written before it existed).
+    colour_lock_mm: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     TOKEN_STRIDE = 8  # the token grid is 1/8 of the image
+    #: Fields that change what the model computes but none of its parameters: a training run
+    #: resumes with them changed, and calibration sets them after training.
+    SETTINGS = ("mask_tophat_mm", "mask_floor", "colour_lock_mm")
+
+    def structure(self) -> dict[str, Any]:
+        """The configuration without :data:`SETTINGS`: what the parameters depend on."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.SETTINGS}
 
     def __post_init__(self) -> None:
         if self.attention not in ("selective", "global"):
@@ -74,6 +86,8 @@ class ModelConfig:
             raise ValueError("mask_tophat_mm must not be negative")
         if not 0.0 <= self.mask_floor < 1.0:
             raise ValueError("mask_floor must be in [0, 1)")
+        if not self.colour_lock_mm >= 0.0:
+            raise ValueError("colour_lock_mm must not be negative")
 
     @property
     def frames(self) -> tuple[int, ...]:
@@ -82,7 +96,7 @@ class ModelConfig:
 
     @staticmethod
     def preset(name: str, **overrides: Any) -> "ModelConfig":
-        current = dict(anchor=True, work_px_per_mm=1.6)
+        current = dict(anchor=True, work_px_per_mm=1.6, colour_lock_mm=4.0)
         presets: dict[str, dict[str, Any]] = {
             "small": dict(current),
             "paper": dict(

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from engine.model.config import ModelConfig
-from engine.model.fill import TEXTURE_MM, anchor_fill
+from engine.model.fill import TEXTURE_MM, anchor_fill, gaussian_blur
 from engine.model.layers import ConvAct, ResBlock, Up, mask_to
 
 
@@ -33,7 +33,8 @@ class SynthesisDecoder(nn.Module):
     With ``config.anchor`` (the default) G predicts a residual on the classical fill of the masked
     region (:func:`engine.model.fill.anchor_fill`), which also enters the last skip, so it learns
     what the fill gets wrong; its output layer starts at zero, so an untrained G returns the
-    classical fill. Without it (the paper's form, an ablation) G predicts a residual on x. The
+    classical fill. ``config.colour_lock_mm`` keeps the fill's local colour (G adds texture and
+    edges only). Without it (the paper's form, an ablation) G predicts a residual on x. The
     returned image is the composite x + m ⊗ (synthesis − x): pixels with mask 0 are exactly x.
     """
 
@@ -44,6 +45,7 @@ class SynthesisDecoder(nn.Module):
         self.ups = nn.ModuleList([Up(c[0], c[1]), Up(c[1], c[2]), Up(c[2], c[3], residual=False)])
         self.anchor = cfg.anchor
         self.texture_sigma = TEXTURE_MM * cfg.work_px_per_mm
+        self.lock_sigma = cfg.colour_lock_mm * cfg.work_px_per_mm if cfg.anchor else 0.0
         a = 3 if cfg.anchor else 0
         self.skips = nn.ModuleList([ConvAct(e[2] + 1 + c[1], c[1]), ConvAct(e[1] + 1 + c[2], c[2]), ConvAct(e[0] + 1 + c[3] + a, c[3])])
         self.out = nn.Conv2d(c[3], 3, 3, 1, 1)
@@ -64,5 +66,8 @@ class SynthesisDecoder(nn.Module):
             m = mask_to(mask, f.shape[-2:])
             parts = [f * (1.0 - m), m, y] + ([base * 2.0 - 1.0] if self.anchor and level == 0 else [])
             y = skip(torch.cat(parts, 1))
-        synth = (base + self.out(y)).clamp(0.0, 1.0)
+        correction = self.out(y)
+        if self.lock_sigma > 0:  # the fill's colour stays: only G's detail above that scale is added
+            correction = correction - gaussian_blur(correction, self.lock_sigma)
+        synth = (base + correction).clamp(0.0, 1.0)
         return x + mask * (synth - x), synth

@@ -229,8 +229,8 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 def _load_checkpoint(path: Path, cfg: ModelConfig, dev: torch.device, model: RetouchFormer, disc: PixelDiscriminator, refusal: str) -> dict[str, Any]:
     """Load a run's last.pt into ``model`` and ``disc`` (same configuration only); returns the whole state."""
     state = load_state(path)  # on the CPU: the optimisers move their state to the parameters, the RNG state must stay there
-    if ModelConfig.from_dict(state.get("config") or {}).to_dict() != cfg.to_dict():  # fields added since: their defaults
-        raise SystemExit(refusal)
+    if ModelConfig.from_dict(state.get("config") or {}).structure() != cfg.structure():  # fields added since: their defaults
+        raise SystemExit(refusal)  # (settings such as colour_lock_mm may change between segments)
     model.load_state_dict(state["model"])
     disc.load_state_dict(state["disc"])
     return state
