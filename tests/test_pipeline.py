@@ -289,9 +289,9 @@ def test_detail_survives_and_blemish_rim_goes(retoucher, one_face):
 
 def test_overlapping_faces_blend_without_seams(tmp_path, monkeypatch):
     """A model whose correction is a constant +0.12, on a flat photo: two overlapping face crops."""
-    model = RetouchFormer(ModelConfig.preset("tiny"))
+    model = RetouchFormer(ModelConfig.preset("tiny", colour_lock_mm=0.0))  # a uniform correction passes
     with torch.no_grad():
-        model.synthesis.out.bias.fill_(0.12)  # weight stays 0: synthesis = x + 0.12
+        model.synthesis.out.bias.fill_(0.12)  # weight stays 0: synthesis = fill + 0.12
     save_model(model, tmp_path / "const.safetensors")
     r = Retoucher.load(tmp_path / "const.safetensors", device="cpu")
     monkeypatch.setattr(faces_mod, "detect", lambda image, **kw: [fake_face((100, 120, 220, 240)), fake_face((190, 120, 310, 240))])
