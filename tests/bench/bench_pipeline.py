@@ -175,11 +175,14 @@ def main() -> int:
     cy, cx = (fy0 + fy1) // 2, (fx0 + fx1) // 2
     stroke[cy : cy + 30, cx - 200 : cx + 200] = 1.0
     t_edit24, _ = _time(lambda: r.render(a, stroke), args.repeat)
+    box = (max(cx - 200, 0), cy, cx + 200, cy + 30)  # what the GUI does after a stroke: only what it changed
+    t_stroke24, _ = _time(lambda: r.render(a, stroke, since=c, rect=box), args.repeat)
     work = ", ".join(f"{reg.kind} {reg.side}px->{reg.n}px" for reg in a.plan.regions)
     print(f"24 MP (6000x4000): {a.message}; regions: {work}")
     print(f"24 MP end to end {t_a + t_r + t_c:.3f} s (cpu {e2e_cpu:.2f} s) (analyze {t_a:.3f} incl. face detection {t_det:.3f} "
           f"+ render {t_r:.3f} + composite {t_c:.3f}; file loading not included)")
-    print(f"24 MP strength re-composite: {t_comp:.3f} | render (edited mask, stroke on the face): {t_edit24:.3f} | "
+    print(f"24 MP strength re-composite: {t_comp:.3f} | render (edited mask, stroke on the face): whole photo {t_edit24:.3f}, "
+          f"incremental (since the last render, the stroke's box) {t_stroke24:.3f} | "
           f"re-render (predicted mask, cached synthesis): {t_render24:.3f}")
     print(f"24 MP correction stored: {c.nbytes / 1e6:.1f} MB in {len(c.patches)} box(es)")
     print(f"NumPy/Python peak during the 24-MP run (tracemalloc): {traced / 2**20:.0f} MiB "

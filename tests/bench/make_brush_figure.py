@@ -1,0 +1,70 @@
+"""A brushed mask over a whole acne cluster on a real photo, healed by each set of weights and by Telea.
+
+    python tests/bench/make_brush_figure.py --weights NAME=W [--weights NAME=W ...]
+                                            [--name acne04_0010.jpg] [--out resources/docs/brush_figure.png]
+
+What a photographer does when the predicted mask is patchy: brush over the whole cluster. The
+brushed mask is the predicted mask of the first weights above 0.15, grown by 2 mm and softened
+(0.7 mm), the same for every column; each set of weights renders it through the engine API
+(Retoucher.analyze -> render(mask) -> composite at strength 1), then Telea inpainting heals it.
+The crop (220 px at 100 %, shown at 150 %) is the densest part of the mask. The photo is read in
+place from ../shared/data/acne-faces; only the figure is committed.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from engine.imageio import from_float, load_image, save_image, to_float
+from engine.retoucher import Retoucher
+from engine.training.baselines import telea_heal
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT.parent / "shared" / "data" / "acne-faces"
+CROP = 220
+
+
+def brushed_mask(predicted: np.ndarray, px_per_mm: float) -> np.ndarray:
+    """The predicted mask above 0.15, grown by 2 mm and softened: a brush over the whole cluster."""
+    k = int(round(px_per_mm * 2)) * 2 + 1
+    m = cv2.dilate((predicted > 0.15).astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    return cv2.GaussianBlur(m.astype(np.float32), (0, 0), px_per_mm * 0.7)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--weights", action="append", required=True, help="NAME=PATH (repeat); the first one's mask is brushed")
+    ap.add_argument("--name", default="acne04_0010.jpg")
+    ap.add_argument("--out", type=Path, default=ROOT / "resources" / "docs" / "brush_figure.png")
+    args = ap.parse_args()
+    photo = load_image(DATA / args.name).pixels
+    models = [(n, Retoucher.load(p, device="cpu")) for n, p in (w.split("=", 1) for w in args.weights)]
+    first = models[0][1].analyze(photo)
+    mask = brushed_mask(first.mask, first.plan.px_per_mm)
+    box = cv2.boxFilter(mask, -1, (CROP, CROP), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    cy, cx = np.unravel_index(int(np.argmax(box)), box.shape)
+    y = int(np.clip(cy - CROP // 2, 0, max(0, photo.shape[0] - CROP)))
+    x = int(np.clip(cx - CROP // 2, 0, max(0, photo.shape[1] - CROP)))
+    sl = (slice(y, y + CROP), slice(x, x + CROP))
+    panels = [("photo (100 %)", photo), ("brushed mask", from_float(np.dstack([mask] * 3), np.uint8))]
+    for name, r in models:
+        a = first if r is models[0][1] else r.analyze(photo)
+        panels.append((name, r.composite(photo, r.render(a, mask), 1.0)))
+    panels.append(("Telea", from_float(telea_heal(to_float(photo), mask, first.plan.px_per_mm), np.uint8)))
+    tiles = []
+    for label, img in panels:
+        tile = cv2.resize(np.ascontiguousarray(img[sl]), None, fx=1.5, fy=1.5, interpolation=cv2.INTER_NEAREST)
+        head = np.full((24, tile.shape[1], 3), 255, np.uint8)
+        cv2.putText(head, label, (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        tiles.append(np.concatenate([head, tile], 0))
+        tiles.append(np.full((tiles[-1].shape[0], 4, 3), 255, np.uint8))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_image(args.out, np.concatenate(tiles[:-1], 1))
+    print(f"{args.name}: crop at x={x}, y={y}; {args.out}")
+
+
+if __name__ == "__main__":
+    main()
