@@ -42,6 +42,7 @@ __all__ = [
     "blend_weights",
     "coverage",
     "clip_box",
+    "intersect_box",
 ]
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive ends), inside the image
@@ -145,7 +146,7 @@ class CorrectionBuilder:
         if delta.shape != (by1 - by0, bx1 - bx0, 3):
             raise ValueError(f"delta of shape {delta.shape} does not fit box {box}")
         for cell in self.cells:
-            inter = _intersect(cell, box)
+            inter = intersect_box(cell, box)
             if inter is None:
                 continue
             x0, y0, x1, y1 = inter
@@ -212,7 +213,7 @@ def composite(image: np.ndarray, correction: Correction, strength: float = 1.0, 
     if s == 0.0:
         return out
     for patch in correction.patches:
-        box = _intersect(patch.box, (ax0, ay0, ax1, ay1))
+        box = intersect_box(patch.box, (ax0, ay0, ax1, ay1))
         if box is None:
             continue
         x0, y0, x1, y1 = box
@@ -284,7 +285,7 @@ def blend_weights(crops: Sequence[Box], ramps: Sequence[float], shape: tuple[int
     """
     box = _clip_box(crops[index], shape)
     if sub is not None:
-        box = _intersect(box, sub)
+        box = intersect_box(box, sub)
     if box is None:
         raise ValueError("region lies outside the image (or the requested part)")
     own = _weight(crops[index], ramps[index], shape, box)
@@ -292,7 +293,7 @@ def blend_weights(crops: Sequence[Box], ramps: Sequence[float], shape: tuple[int
     for j, crop in enumerate(crops):
         if j == index:
             continue
-        inter = _intersect(box, _clip_box(crop, shape))
+        inter = intersect_box(box, _clip_box(crop, shape))
         if inter is None:
             continue
         x0, y0, x1, y1 = inter
@@ -309,7 +310,7 @@ def coverage(crops: Sequence[Box], ramps: Sequence[float], shape: tuple[int, int
     ys = slice(step // 2, None, step)
     out = np.zeros(((y1 - y0 - step // 2 + step - 1) // step, (x1 - x0 - step // 2 + step - 1) // step), np.float32)
     for crop, ramp in zip(crops, ramps):
-        inter = _intersect(sub, _clip_box(crop, shape))
+        inter = intersect_box(sub, _clip_box(crop, shape))
         if inter is None:
             continue
         wy = np.zeros(y1 - y0, np.float32)
@@ -329,7 +330,8 @@ def _clip_box(box: Box | None, shape: tuple[int, int]) -> Box | None:
     return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 
-def _intersect(a: Box | None, b: Box | None) -> Box | None:
+def intersect_box(a: Box | None, b: Box | None) -> Box | None:
+    """The intersection of two boxes, or None when they do not overlap (or either is None)."""
     if a is None or b is None:
         return None
     x0, y0 = max(a[0], b[0]), max(a[1], b[1])

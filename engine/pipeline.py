@@ -32,7 +32,7 @@ from typing import NamedTuple, Sequence
 import cv2
 import numpy as np
 
-from engine.compositor import Box, Correction, CorrectionBuilder, blend_weights, coverage, dtype_max
+from engine.compositor import Box, Correction, CorrectionBuilder, blend_weights, coverage, dtype_max, intersect_box
 from engine.errors import ImageError
 from engine.imageio import to_float
 from engine.regions import Region
@@ -174,14 +174,6 @@ def grow(box: Box, d: int) -> Box:
     """``box`` grown by ``d`` on every side (not clipped)."""
     x0, y0, x1, y1 = box
     return (x0 - d, y0 - d, x1 + d, y1 + d)
-
-
-def intersect_box(a: Box | None, b: Box | None) -> Box | None:
-    """The intersection of two boxes, or None when they do not overlap."""
-    if a is None or b is None:
-        return None
-    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
-    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 
 def union_box(boxes: Sequence[Box | None]) -> Box | None:

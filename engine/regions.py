@@ -28,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from engine.compositor import Box, clip_box, coverage
+from engine.compositor import Box, clip_box, coverage, intersect_box
 from engine.faces import Face
 
 __all__ = [
@@ -163,7 +163,7 @@ def _positions(length: int, tile: int, overlap: float) -> list[int]:
 
 
 def _near(box: Box, areas: list[Box] | None) -> bool:
-    return areas is None or any(box[0] < a[2] and a[0] < box[2] and box[1] < a[3] and a[1] < box[3] for a in areas)
+    return areas is None or any(intersect_box(box, a) is not None for a in areas)
 
 
 def _tiles(shape: tuple[int, int], scale: float, faces: list[Region], skin: np.ndarray | None, areas: list[Box] | None = None) -> list[Region]:

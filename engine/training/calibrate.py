@@ -8,12 +8,13 @@ take it away: ``ModelConfig.mask_tophat_mm`` subtracts the broad haze under the 
 morphological opening that many millimetres wide: blemishes stand out of it, a face-wide haze
 does not; broad blemishes such as redness patches and under-eye circles lose strength too, which
 the per-kind evaluation shows) and ``ModelConfig.mask_floor`` drops what is left below it and
-stretches the rest back to 0..1. They are chosen here on held-out portraits that are *not* the evaluation's (``--offset``: the evaluation
-uses the first 200 held-out portraits), with blemishes sized in millimetres, by the model itself
-at its working scale: among the settings that leave the whole photo closer to the clean one than
+stretches the rest back to 0..1. They are chosen here on held-out portraits that are *not* the
+evaluation's (``--offset``: the evaluation uses the first 200 held-out portraits), with blemishes
+sized in millimetres, by the model itself at its working scale: among the settings that leave the whole photo closer to the clean one than
 the untouched photo (whole-image PSNR, which falls with every false positive), the one with the
 highest PSNR inside the blemishes (which falls with every missed spot); when no setting is that
-safe, the best sum of the two. ``--out`` writes the weights with the chosen settings in their configuration.
+safe, the best sum of the two. ``--out`` writes the weights with the chosen settings in their
+configuration.
 """
 from __future__ import annotations
 

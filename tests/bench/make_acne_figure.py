@@ -28,7 +28,7 @@ DEFAULT = "acne04_0010.jpg,acne04_0070.jpg,acne04_0095.jpg,acne04_0100.jpg"
 CROP = 220
 
 
-def _densest(mask: np.ndarray, side: int) -> tuple[int, int]:
+def densest(mask: np.ndarray, side: int) -> tuple[int, int]:
     """Top-left corner of the ``side`` x ``side`` window holding the most mask."""
     h, w = mask.shape
     box = cv2.boxFilter(mask, -1, (side, side), normalize=False, borderType=cv2.BORDER_CONSTANT)
@@ -51,7 +51,7 @@ def main() -> None:
         a = r.analyze(photo)
         out = r.composite(photo, r.render(a), 1.0)
         telea = from_float(telea_heal(to_float(photo), a.mask, a.plan.px_per_mm), np.uint8)
-        y, x = _densest(a.mask, CROP)
+        y, x = densest(a.mask, CROP)
         sl = (slice(y, y + CROP), slice(x, x + CROP))
         mask_rgb = cv2.applyColorMap(from_float(a.mask, np.uint8), cv2.COLORMAP_INFERNO)[..., ::-1]
         panels = [photo[sl], mask_rgb[sl], out[sl], telea[sl]]

@@ -21,10 +21,7 @@ import numpy as np
 from engine.imageio import from_float, load_image, save_image, to_float
 from engine.retoucher import Retoucher
 from engine.training.baselines import telea_heal
-
-ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT.parent / "shared" / "data" / "acne-faces"
-CROP = 220
+from make_acne_figure import CROP, DATA, ROOT, densest  # the same photos, crop size and crop choice
 
 
 def brushed_mask(predicted: np.ndarray, px_per_mm: float) -> np.ndarray:
@@ -44,10 +41,7 @@ def main() -> None:
     models = [(n, Retoucher.load(p, device="cpu")) for n, p in (w.split("=", 1) for w in args.weights)]
     first = models[0][1].analyze(photo)
     mask = brushed_mask(first.mask, first.plan.px_per_mm)
-    box = cv2.boxFilter(mask, -1, (CROP, CROP), normalize=False, borderType=cv2.BORDER_CONSTANT)
-    cy, cx = np.unravel_index(int(np.argmax(box)), box.shape)
-    y = int(np.clip(cy - CROP // 2, 0, max(0, photo.shape[0] - CROP)))
-    x = int(np.clip(cx - CROP // 2, 0, max(0, photo.shape[1] - CROP)))
+    y, x = densest(mask, CROP)
     sl = (slice(y, y + CROP), slice(x, x + CROP))
     panels = [("photo (100 %)", photo), ("brushed mask", from_float(np.dstack([mask] * 3), np.uint8))]
     for name, r in models:
