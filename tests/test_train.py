@@ -128,7 +128,14 @@ def test_mask_only_stage_trains_only_the_mask_net(dataset, tmp_path) -> None:
     assert not {"rec", "x2y", "adv_g", "d"} & set(log[-1])  # nothing else is trained, D neither
     assert (run / "grids" / "step0000002.png").exists()
     state = torch.load(run / "last.pt", weights_only=False)
+    # the history goes on from the run it started from, and the new segment says what it trained
+    first_history = torch.load(first / "last.pt", weights_only=False)["history"]
+    assert state["history"][: len(first_history)] == first_history and len(state["history"]) == len(first_history) + 1
+    assert state["history"][-1]["to_step"] == 2 and "--only mask" in state["history"][-1]["stage"]
     assert state["step"] == 2 and len(state["opt_g"]["param_groups"][0]["params"]) == len(list(load_model(run / "model.safetensors").masknet.online.parameters()))
+    # resuming the stage as a whole-model run would hand Adam the wrong parameters: a clear refusal
+    with pytest.raises(SystemExit, match="--only mask"):
+        train(_args(dataset, run, 3))
 
 
 def test_fill_outside_term_is_logged_only_when_asked(dataset, tmp_path) -> None:
@@ -210,6 +217,14 @@ def test_committed_state_resumes_exactly_and_is_compact(dataset, tmp_path) -> No
     assert moments and all(t.dtype == torch.bfloat16 for t in moments)
     assert saved["history"][-1]["to_step"] == 2
     full = load_state(tmp_path / "first" / "last.pt")
+    # the committed state's weights, to evaluate or ship when the run directory is gone
+    from engine.training import state as state_cli
+
+    assert state_cli.main(["weights", str(state), str(tmp_path / "w" / "model.safetensors")]) == 0
+    exported, trained = load_model(tmp_path / "w" / "model.safetensors"), load_model(tmp_path / "first" / "model.safetensors")
+    for (name, a), b in zip(exported.state_dict().items(), trained.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3, msg=name)  # float16 in the state
+    assert exported.config == trained.config and exported.checkpoint_info["step"] == 2
     assert state.stat().st_size + (tmp_path / "state-optim.pt").stat().st_size < 0.7 * (tmp_path / "first" / "last.pt").stat().st_size
     # the next session: a fresh run directory, the committed state
     train(_args(dataset, tmp_path / "second", 4, "--state", str(state)))
@@ -220,6 +235,26 @@ def test_committed_state_resumes_exactly_and_is_compact(dataset, tmp_path) -> No
         torch.testing.assert_close(a, b, atol=5e-3, rtol=5e-3, msg=name)
     assert [h["to_step"] for h in torch.load(state, weights_only=False)["history"]] == [2, 4]
     assert full["step"] == 2
+
+
+def test_one_command_resumes_a_stage_and_starts_the_next_once_it_is_over(dataset, tmp_path) -> None:
+    """The model card's command (--state S --init S) resumes the committed stage while it runs and
+    starts a new stage from it once it is over (or trains other parts), the history going on."""
+    state = tmp_path / "state.pt"
+    train(_args(dataset, tmp_path / "mask", 2, "--only", "mask", "--state", str(state)))  # a finished mask-only stage
+    assert torch.load(state, weights_only=False)["only"] == "mask"
+    whole = ("--state", str(state), "--init", str(state), "--ckpt-every", "1")
+    train(_args(dataset, tmp_path / "s1", 3, *whole, "--stop-at", "1"))  # next session: a new whole-model stage
+    log = [json.loads(line)["step"] for line in (tmp_path / "s1" / "log.jsonl").read_text().splitlines()]
+    assert log == [1]
+    saved = torch.load(state, weights_only=False)
+    assert saved["only"] == "all" and saved["step"] == 1
+    train(_args(dataset, tmp_path / "s2", 3, *whole))  # the session after: the same command resumes it
+    log = [json.loads(line)["step"] for line in (tmp_path / "s2" / "log.jsonl").read_text().splitlines()]
+    assert log == [2, 3]
+    history = torch.load(state, weights_only=False)["history"]
+    assert [(h["from_step"], h["to_step"]) for h in history] == [(0, 2), (0, 1), (1, 3)]
+    assert "--only mask" in history[0]["stage"] and "--only all" in history[1]["stage"] and "stage" not in history[2]
 
 
 def test_init_across_the_anchor_change(dataset, tmp_path) -> None:
@@ -270,6 +305,15 @@ def test_pack_and_parallel_training_as_on_a_gpu_window(dataset, tmp_path) -> Non
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3] and all(np.isfinite(r["x2y"]) for r in log)
     assert torch.load(state, weights_only=False)["step"] == 3
+    # the model card's GPU command on a state whose stage is over: a new stage from it, on the pack
+    again = build_parser().parse_args([
+        "--run", str(tmp_path / "gpu2"), "--preset", "tiny", "--steps", "2", "--batch", "2", "--unpaired-batch", "1", "--crop", "48",
+        "--pack", str(out), "--workers", "2", "--amp", "--state", str(state), "--init", str(state), "--conf", "0", "--adv-start", "0",
+        "--ckpt-every", "2", "--log-every", "1", "--threads", "1",
+    ])
+    train(again)
+    assert [json.loads(line)["step"] for line in (tmp_path / "gpu2" / "log.jsonl").read_text().splitlines()] == [1, 2]
+    assert [h["to_step"] for h in torch.load(state, weights_only=False)["history"]] == [3, 2]
     from engine.training.state import load_state, optimiser_path
 
     optimiser_path(state).unlink()  # half a state: one clear sentence, not a KeyError

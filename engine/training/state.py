@@ -10,6 +10,7 @@ a lent GPU machine sends back (16 MiB a file). :func:`expand` turns it back into
 
     python -m engine.training.state export runs/main/last.pt [resources/training/state.pt]
     python -m engine.training.state show [resources/training/state.pt]
+    python -m engine.training.state weights [resources/training/state.pt] runs/state/model.safetensors
 
 ``retouch train --state FILE`` resumes from FILE when its run directory has no ``last.pt`` yet and
 rewrites FILE at every checkpoint.
@@ -116,6 +117,17 @@ def load_state(path: str | Path, device: str | torch.device = "cpu") -> dict[str
     return expand(state)
 
 
+def export_weights(state: dict[str, Any], out: str | Path) -> Path:
+    """Write a state's model (the generator with H and H̄ and the prior) as a weights file that
+    ``engine.model.load_model`` reads; the step and history go into its metadata."""
+    from engine.model import ModelConfig, RetouchFormer, save_model
+
+    model = RetouchFormer(ModelConfig.from_dict(state["config"]))
+    model.load_state_dict(state["model"])
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    return save_model(model, out, extra={"step": state["step"], "history": state.get("history", [])})
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m engine.training.state", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -124,7 +136,15 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("out", type=Path, nargs="?", default=DEFAULT_STATE)
     s = sub.add_parser("show", help="print what a state holds")
     s.add_argument("path", type=Path, nargs="?", default=DEFAULT_STATE)
+    w = sub.add_parser("weights", help="the state's generator as model weights (.safetensors), to evaluate or ship")
+    w.add_argument("paths", type=Path, nargs="+", metavar="[STATE] OUT")
     args = p.parse_args(argv)
+    if args.cmd == "weights":
+        if len(args.paths) > 2:
+            p.error("weights takes at most a state and an output file")
+        state_path, out = (DEFAULT_STATE, args.paths[0]) if len(args.paths) == 1 else args.paths
+        print(export_weights(load_state(state_path), out))
+        return 0
     if args.cmd == "export":
         out = save_state(load_state(args.checkpoint), args.out)
         size = (out.stat().st_size + optimiser_path(out).stat().st_size) / 2**20

@@ -13,8 +13,10 @@ Deviations, each for a stated reason:
   updates and serves as the teacher for the unpaired term λ·BCE(σ(H(x_u)), σ(H̄(x_u))). The
   one-sided terms as printed (only −log σ(H) on positives) are minimised by predicting 1 everywhere.
   Its weight is --conf. (A binary target on soft blemish edges pushes H to over-predict: the
-  shipped model's mask of 0.5 means a true blend weight of about 0.2. Fine-tuning with --conf 0.25
-  made the masks weaker everywhere rather than more precise; see the model card.)
+  shipped model's mask of 0.5 means a true blend weight of about 0.2, and its Soft-IoU against
+  φ stays near 0.2 however well it finds the spots. Neither weakening the term (--conf 0.25) nor
+  a mask-only stage without it (--only mask --conf 0, with a gain on the estimate for the fill)
+  did better on validation faces; see the model card.)
 - A soft-Jaccard term on σ(H) against φ is added to the mask losses (--iou): blemishes cover a few
   per cent of a face, and per-pixel terms alone give timid masks.
 - The transformer is trained with the true mask φ on half of the paired samples and with H̄'s
@@ -236,8 +238,19 @@ def _load_checkpoint(path: Path, cfg: ModelConfig, dev: torch.device, model: Ret
     return state
 
 
-def _initialise(model: RetouchFormer, disc: PixelDiscriminator, path: Path, cfg: ModelConfig, dev: torch.device) -> None:
-    """Load the weights of an earlier run into a new one (fresh optimisers, schedule and step)."""
+def _stage_over(path: Path, only: str) -> bool:
+    """Whether the committed state at ``path`` is a stage that a run with ``--only only`` cannot
+    go on with: its schedule has ended, or it trains other parameters (e.g. a mask-only stage).
+    With ``--init`` given as well, such a state starts a new stage instead of being resumed, so
+    one command serves every session (resume while a stage runs, a new stage once it is over)."""
+    state = load_state(path)
+    t_max = state.get("sched_g", {}).get("T_max")
+    return state.get("only", "all") != only or (t_max is not None and state["step"] >= t_max)
+
+
+def _initialise(model: RetouchFormer, disc: PixelDiscriminator, path: Path, cfg: ModelConfig, dev: torch.device) -> list[dict[str, Any]]:
+    """Load the weights of an earlier run into a new one (fresh optimisers, schedule and step);
+    returns the earlier run's training history (a run's last.pt keeps it, weights alone do not)."""
     if not path.is_file():
         raise SystemExit(f"--init: {path} does not exist.")
     if path.suffix == ".safetensors":  # weights only: as far as they fit (a warm start across an architecture change)
@@ -255,8 +268,9 @@ def _initialise(model: RetouchFormer, disc: PixelDiscriminator, path: Path, cfg:
             raise SystemExit(f"--init: no tensor of {path.name} fits this model configuration.")
         if fresh:
             print(f"--init: {len(fresh)} tensors keep their fresh initialisation (e.g. {fresh[0]})", file=sys.stderr)
-        return
-    _load_checkpoint(path, cfg, dev, model, disc, f"--init: {path} was trained with a different model configuration.")
+        return []
+    state = _load_checkpoint(path, cfg, dev, model, disc, f"--init: {path} was trained with a different model configuration.")
+    return list(state.get("history", []))
 
 
 def train(args: argparse.Namespace) -> Path:
@@ -289,10 +303,18 @@ def train(args: argparse.Namespace) -> Path:
     ckpt = run / "last.pt"
     history: list[dict[str, Any]] = []
     source = ckpt if ckpt.exists() else (args.state if args.state is not None and args.state.exists() else None)
+    if source is not None and source == args.state and args.init is not None and _stage_over(args.state, args.only):
+        print(f"{args.state} holds a finished stage (or one that trains other parts): a new stage starts from {args.init}", file=sys.stderr)
+        source = None  # --init below; the new stage's checkpoints rewrite --state
     if source is not None:
         refusal = f"{source} was trained with a different model configuration; use a new --run directory (or another --state)."
         state = _load_checkpoint(source, cfg, dev, model, disc, refusal)
         history = list(state.get("history", []))
+        if state.get("only", "all") != args.only:  # the optimiser holds other parameters
+            raise SystemExit(
+                f"{source} is a stage that trains --only {state.get('only', 'all')}; continue it with --only {state.get('only', 'all')}, "
+                f"or start a new stage from it with --init {source} and a new --run directory."
+            )
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
         sched_g.load_state_dict(state["sched_g"])
@@ -305,7 +327,7 @@ def train(args: argparse.Namespace) -> Path:
         if rank == 0:
             print(f"resumed from {source} at step {step}", file=sys.stderr)
     elif args.init is not None:
-        _initialise(model, disc, Path(args.init), cfg, dev)
+        history = _initialise(model, disc, Path(args.init), cfg, dev)
         if rank == 0:
             print(f"initialised from {args.init}", file=sys.stderr)
     clean = args.clean if args.clean is not None else [DEFAULT_DATA / "faces", DEFAULT_DATA / "faces-hq"]
@@ -328,6 +350,8 @@ def train(args: argparse.Namespace) -> Path:
     started, start_step = time.time(), step
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     segment = {"date": time.strftime("%Y-%m-%d"), "from_step": step, "to_step": step, "hours": 0.0, "device": where, "crop": args.crop, "batch": args.batch}
+    if args.only != "all" or args.init is not None and step == 0:  # a new stage: say what it trains
+        segment["stage"] = f"--only {args.only} --conf {args.conf} --iou {args.iou} --lr {args.lr}" + (f", from {Path(args.init).name}" if args.init is not None else "")
     history.append(segment)
     n_unpaired = 0 if args.no_unpaired else args.unpaired_batch
     if args.workers > 0:  # batches made in worker processes, each with its own generator
@@ -417,6 +441,7 @@ def train(args: argparse.Namespace) -> Path:
                     "torch_rng": torch.get_rng_state(),
                     "py_rng": random.getstate(),
                     "history": history,
+                    "only": args.only,
                 }
                 _atomic_torch_save(full, ckpt)
                 if args.state is not None:

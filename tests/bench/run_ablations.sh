@@ -2,11 +2,17 @@
 # The paper's ablations on one short schedule (same data, steps, batch and seed for every run),
 # then one evaluation table. Usage: bash tests/bench/run_ablations.sh [STEPS] [RUN_ROOT]
 # Each run resumes from its checkpoint if interrupted; run the same command again.
+#   EXTRA="..."  more training arguments for every run (a GPU window: --pack runs/pack/pack.npz
+#                --device cuda --amp --workers 14 --batch 48 --crop 128)
+#   MINUTES=N    stop each run after N minutes (with a checkpoint) so that five fit one command
+#   EVAL=0       train only (evaluate elsewhere: the five model.safetensors are the result)
+#   THREADS=N    CPU threads per run (default 1)
 set -euo pipefail
 STEPS=${1:-300}
 ROOT=${2:-runs/ablations}
 PY=${PYTHON:-python}
-COMMON=(--steps "$STEPS" --batch 6 --unpaired-batch 2 --crop 96 --adv-start $((STEPS / 4)) --threads 1 --log-every 25 --ckpt-every 50 --grid-every 100000 --seed 0)
+# shellcheck disable=SC2206
+COMMON=(--steps "$STEPS" --batch 6 --unpaired-batch 2 --crop 96 --adv-start $((STEPS / 4)) --threads "${THREADS:-1}" --log-every 25 --ckpt-every 50 --grid-every 100000 --seed 0 --max-minutes "${MINUTES:-0}" ${EXTRA:-})
 declare -A RUNS=(
   [full]=""
   [global-attention]="--set attention=global"
@@ -22,4 +28,6 @@ ARGS=()
 for name in full global-attention single-scale-tokens no-prior no-unpaired; do
   ARGS+=(--model "$name ($STEPS steps)=$ROOT/$name/model.safetensors")
 done
-$PY -m engine.training.evaluate "${ARGS[@]}" --no-baselines --count 100 --threads 1 --json "$ROOT/table.json"
+if [ "${EVAL:-1}" != 0 ]; then
+  $PY -m engine.training.evaluate "${ARGS[@]}" --no-baselines --count 100 --threads "${THREADS:-1}" --json "$ROOT/table.json"
+fi

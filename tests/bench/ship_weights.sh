@@ -7,8 +7,11 @@
 #
 #   bash tests/bench/ship_weights.sh RUN_DIR [OUT_DIR]
 #
-# RUN_DIR is the run being trained (its last.pt and model.safetensors); OUT_DIR (default
-# runs/ship) gets the candidate, the validation and evaluation tables. Copying the candidate over
+# RUN_DIR is the run being trained (its last.pt and model.safetensors): its state is exported to
+# resources/training/ first. RUN_DIR may also be the committed state file itself
+# (resources/training/state.pt), when the run directory of an earlier session is gone: its weights
+# are the candidate. OUT_DIR (default runs/ship) gets the candidate, the validation and evaluation
+# tables. Copying the candidate over
 # resources/models/small.safetensors is left to the person running this, when validation says so.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,8 +21,14 @@ PY=${PYTHON:-.venv/bin/python}
 # how many portraits each table uses (smaller for a quick check of the script)
 CAL=${CAL:-60} VAL=${VAL:-60} EVAL=${EVAL:-200} SIZES=${SIZES:-40} KINDS=${KINDS:-60}
 mkdir -p "$OUT"
-$PY -m engine.training.state export "$RUN/last.pt" resources/training/state.pt
-$PY -m engine.training.calibrate "$RUN/model.safetensors" --count "$CAL" --offset 200 --out "$OUT/candidate.safetensors" | tee "$OUT/calibration.md"
+if [ -f "$RUN" ]; then  # a committed state: its weights
+  WEIGHTS="$OUT/state.safetensors"
+  $PY -m engine.training.state weights "$RUN" "$WEIGHTS"
+else
+  WEIGHTS="$RUN/model.safetensors"
+  $PY -m engine.training.state export "$RUN/last.pt" resources/training/state.pt
+fi
+$PY -m engine.training.calibrate "$WEIGHTS" --count "$CAL" --offset 200 --out "$OUT/candidate.safetensors" | tee "$OUT/calibration.md"
 # validation: the whole pipeline, the bundled weights against the candidate
 $PY -m engine.training.evaluate --offset 200 --count "$VAL" --face-size 400 \
     --model "bundled=resources/models/small.safetensors" --model "candidate=$OUT/candidate.safetensors" \
