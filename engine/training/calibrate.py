@@ -28,11 +28,12 @@ import torch
 
 from engine.model import load_model, save_model
 from engine.training import metrics
-from engine.training.data import DEFAULT_DATA, eval_pairs
-from engine.training.evaluate import BLEMISH_THRESHOLD
+from engine.training.data import eval_pairs
+from engine.training.evaluate import BLEMISH_THRESHOLD, DEFAULT_CLEAN
 
 FLOORS = (0.0, 0.15, 0.3)
 TOPHATS_MM = (0.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
+SEED = 4321  # the validation pairs' blemishes (the evaluation's differ)
 
 
 def choose(table: dict, untouched: tuple[float, float]) -> tuple[float, float]:
@@ -44,7 +45,7 @@ def choose(table: dict, untouched: tuple[float, float]) -> tuple[float, float]:
     return max(table, key=lambda s: table[s][0] + table[s][1])
 
 
-def calibrate(weights: Path, clean_dirs: list[Path], count: int, offset: int, seed: int = 4321, floors=FLOORS, tophats=TOPHATS_MM):
+def calibrate(weights: Path, clean_dirs: list[Path], count: int, offset: int, seed: int = SEED, floors=FLOORS, tophats=TOPHATS_MM):
     """({(top-hat mm, floor): (whole-image PSNR, PSNR in blemishes, Soft-IoU)}, the number of
     validation pairs, (whole-image PSNR, PSNR in blemishes) of the untouched photos)."""
     model = load_model(weights)
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    table, n, untouched = calibrate(args.weights, args.clean or [DEFAULT_DATA / "faces-hq", DEFAULT_DATA / "faces"], args.count, args.offset)
+    table, n, untouched = calibrate(args.weights, args.clean or DEFAULT_CLEAN, args.count, args.offset)
     print(f"| top-hat (mm) | mask floor | PSNR (dB) | PSNR in blemishes (dB) | Soft-IoU |  ({n} validation portraits)\n|---|---|---|---|---|")
     print(f"| untouched | | {untouched[0]:.2f} | {untouched[1]:.2f} | n/a |")
     for (t, f), (whole, inside, iou) in table.items():

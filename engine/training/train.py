@@ -228,9 +228,9 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _load_checkpoint(path: Path, cfg: ModelConfig, dev: torch.device, model: RetouchFormer, disc: PixelDiscriminator, refusal: str) -> dict[str, Any]:
-    """Load a run's last.pt into ``model`` and ``disc`` (same configuration only); returns the whole state."""
-    state = load_state(path)  # on the CPU: the optimisers move their state to the parameters, the RNG state must stay there
+def _apply_checkpoint(state: dict[str, Any], cfg: ModelConfig, model: RetouchFormer, disc: PixelDiscriminator, refusal: str) -> dict[str, Any]:
+    """Put a loaded state's weights into ``model`` and ``disc`` (same configuration only); returns the state.
+    (States are loaded on the CPU: the optimisers move theirs to the parameters, the RNG state must stay there.)"""
     if ModelConfig.from_dict(state.get("config") or {}).structure() != cfg.structure():  # fields added since: their defaults
         raise SystemExit(refusal)  # (settings such as colour_lock_mm may change between segments)
     model.load_state_dict(state["model"])
@@ -238,22 +238,22 @@ def _load_checkpoint(path: Path, cfg: ModelConfig, dev: torch.device, model: Ret
     return state
 
 
-def _stage_over(path: Path, only: str) -> bool:
-    """Whether the committed state at ``path`` is a stage that a run with ``--only only`` cannot
-    go on with: its schedule has ended, or it trains other parameters (e.g. a mask-only stage).
-    With ``--init`` given as well, such a state starts a new stage instead of being resumed, so
-    one command serves every session (resume while a stage runs, a new stage once it is over)."""
-    state = load_state(path)
+def _stage_over(state: dict[str, Any], only: str) -> bool:
+    """Whether a committed state is a stage that a run with ``--only only`` cannot go on with:
+    its schedule has ended, or it trains other parameters (e.g. a mask-only stage). With
+    ``--init`` given as well, such a state starts a new stage instead of being resumed, so one
+    command serves every session (resume while a stage runs, a new stage once it is over)."""
     t_max = state.get("sched_g", {}).get("T_max")
     return state.get("only", "all") != only or (t_max is not None and state["step"] >= t_max)
 
 
-def _initialise(model: RetouchFormer, disc: PixelDiscriminator, path: Path, cfg: ModelConfig, dev: torch.device) -> list[dict[str, Any]]:
+def _initialise(model: RetouchFormer, disc: PixelDiscriminator, path: Path, cfg: ModelConfig, loaded: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Load the weights of an earlier run into a new one (fresh optimisers, schedule and step);
-    returns the earlier run's training history (a run's last.pt keeps it, weights alone do not)."""
-    if not path.is_file():
+    returns the earlier run's training history (a run's last.pt keeps it, weights alone do not).
+    ``loaded``: the state at ``path``, when the caller has read it already."""
+    if loaded is None and not path.is_file():
         raise SystemExit(f"--init: {path} does not exist.")
-    if path.suffix == ".safetensors":  # weights only: as far as they fit (a warm start across an architecture change)
+    if loaded is None and path.suffix == ".safetensors":  # weights only: as far as they fit (a warm start across an architecture change)
         try:
             tensors, meta = load_safetensors(path)
         except WeightsError as exc:
@@ -269,7 +269,8 @@ def _initialise(model: RetouchFormer, disc: PixelDiscriminator, path: Path, cfg:
         if fresh:
             print(f"--init: {len(fresh)} tensors keep their fresh initialisation (e.g. {fresh[0]})", file=sys.stderr)
         return []
-    state = _load_checkpoint(path, cfg, dev, model, disc, f"--init: {path} was trained with a different model configuration.")
+    state = loaded if loaded is not None else load_state(path)
+    _apply_checkpoint(state, cfg, model, disc, f"--init: {path} was trained with a different model configuration.")
     return list(state.get("history", []))
 
 
@@ -303,16 +304,20 @@ def train(args: argparse.Namespace) -> Path:
     ckpt = run / "last.pt"
     history: list[dict[str, Any]] = []
     source = ckpt if ckpt.exists() else (args.state if args.state is not None and args.state.exists() else None)
-    if source is not None and source == args.state and args.init is not None and _stage_over(args.state, args.only):
+    state = load_state(source) if source is not None else None
+    init_state = None  # the --init file's state, when it is the one read here
+    if state is not None and source == args.state and args.init is not None and _stage_over(state, args.only):
         print(f"{args.state} holds a finished stage (or one that trains other parts): a new stage starts from {args.init}", file=sys.stderr)
-        source = None  # --init below; the new stage's checkpoints rewrite --state
-    if source is not None:
+        init_state = state if Path(args.init) == args.state else None
+        state = None  # --init below; the new stage's checkpoints rewrite --state
+    if state is not None:
         refusal = f"{source} was trained with a different model configuration; use a new --run directory (or another --state)."
-        state = _load_checkpoint(source, cfg, dev, model, disc, refusal)
+        _apply_checkpoint(state, cfg, model, disc, refusal)
         history = list(state.get("history", []))
-        if state.get("only", "all") != args.only:  # the optimiser holds other parameters
+        trained = state.get("only", "all")
+        if trained != args.only:  # the optimiser holds other parameters
             raise SystemExit(
-                f"{source} is a stage that trains --only {state.get('only', 'all')}; continue it with --only {state.get('only', 'all')}, "
+                f"{source} is a stage that trains --only {trained}; continue it with --only {trained}, "
                 f"or start a new stage from it with --init {source} and a new --run directory."
             )
         opt_g.load_state_dict(state["opt_g"])
@@ -327,7 +332,7 @@ def train(args: argparse.Namespace) -> Path:
         if rank == 0:
             print(f"resumed from {source} at step {step}", file=sys.stderr)
     elif args.init is not None:
-        history = _initialise(model, disc, Path(args.init), cfg, dev)
+        history = _initialise(model, disc, Path(args.init), cfg, init_state)
         if rank == 0:
             print(f"initialised from {args.init}", file=sys.stderr)
     clean = args.clean if args.clean is not None else [DEFAULT_DATA / "faces", DEFAULT_DATA / "faces-hq"]

@@ -27,7 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from engine.model import load_model  # noqa: E402
 from engine.training import metrics  # noqa: E402
-from engine.training.data import DEFAULT_DATA, eval_pairs  # noqa: E402
+from engine.training.calibrate import SEED  # noqa: E402
+from engine.training.data import eval_pairs  # noqa: E402
+from engine.training.evaluate import DEFAULT_CLEAN  # noqa: E402
 
 POWERS = (1.0, 1.5, 2.0, 3.0)
 SCALES = (0.2, 0.3, 0.5, 0.7, 1.0)
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.setdefault(key, []).append(value)
 
     n = 0
-    for _, raw, clean, true in eval_pairs([DEFAULT_DATA / "faces-hq", DEFAULT_DATA / "faces"], model.config.work_px_per_mm, a.count, 4321, offset=a.offset):
+    for _, raw, clean, true in eval_pairs(DEFAULT_CLEAN, model.config.work_px_per_mm, a.count, SEED, offset=a.offset):
         n += 1
         visible = np.abs(raw - clean).max(2)
         add("ceiling: exact footprint (φ > 0.2), binary", metrics.soft_iou((true > 0.2).astype(np.float32), true))
