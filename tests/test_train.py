@@ -136,6 +136,10 @@ def test_mask_only_stage_trains_only_the_mask_net(dataset, tmp_path) -> None:
     # resuming the stage as a whole-model run would hand Adam the wrong parameters: a clear refusal
     with pytest.raises(SystemExit, match="--only mask"):
         train(_args(dataset, run, 3))
+    # resumed as it was started, it goes on; only the segment that began the stage names it
+    train(_args(dataset, run, 3, "--only", "mask", "--lr", "1e-3"))
+    history = torch.load(run / "last.pt", weights_only=False)["history"]
+    assert history[-1]["from_step"] == 2 and "stage" not in history[-1] and "stage" in history[-2]
 
 
 def test_fill_outside_term_is_logged_only_when_asked(dataset, tmp_path) -> None:

@@ -355,7 +355,7 @@ def train(args: argparse.Namespace) -> Path:
     started, start_step = time.time(), step
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     segment = {"date": time.strftime("%Y-%m-%d"), "from_step": step, "to_step": step, "hours": 0.0, "device": where, "crop": args.crop, "batch": args.batch}
-    if args.only != "all" or args.init is not None and step == 0:  # a new stage: say what it trains
+    if step == 0 and (args.only != "all" or args.init is not None):  # a new stage: say what it trains
         segment["stage"] = f"--only {args.only} --conf {args.conf} --iou {args.iou} --lr {args.lr}" + (f", from {Path(args.init).name}" if args.init is not None else "")
     history.append(segment)
     n_unpaired = 0 if args.no_unpaired else args.unpaired_batch
