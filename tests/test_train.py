@@ -259,6 +259,13 @@ def test_one_command_resumes_a_stage_and_starts_the_next_once_it_is_over(dataset
     history = torch.load(state, weights_only=False)["history"]
     assert [(h["from_step"], h["to_step"]) for h in history] == [(0, 2), (0, 1), (1, 3)]
     assert "--only mask" in history[0]["stage"] and "--only all" in history[1]["stage"] and "stage" not in history[2]
+    # a later session reuses an old run directory whose last.pt is behind the committed state: the
+    # committed state counts (here: its stage is over, so a new one starts from it), not the stale stage
+    train(_args(dataset, tmp_path / "mask", 4, *whole, "--stop-at", "1"))
+    history = torch.load(state, weights_only=False)["history"]
+    assert [(h["from_step"], h["to_step"]) for h in history] == [(0, 2), (0, 1), (1, 3), (0, 1)]
+    assert "--only all" in history[3]["stage"]
+    assert torch.load(tmp_path / "mask" / "last.pt", weights_only=False)["only"] == "all"
 
 
 def test_init_across_the_anchor_change(dataset, tmp_path) -> None:

@@ -303,8 +303,17 @@ def train(args: argparse.Namespace) -> Path:
     step = 0
     ckpt = run / "last.pt"
     history: list[dict[str, Any]] = []
-    source = ckpt if ckpt.exists() else (args.state if args.state is not None and args.state.exists() else None)
+    committed = args.state if args.state is not None and args.state.exists() else None
+    source = ckpt if ckpt.exists() else committed
     state = load_state(source) if source is not None else None
+    if source == ckpt and committed is not None:
+        other = load_state(committed)
+        if (other["step"], other.get("history")) != (state["step"], state.get("history")):
+            # every checkpoint writes both: a difference means the committed state moved on without this
+            # run directory (a GPU window, another session, a state restored from git), and it is what counts
+            print(f"{ckpt} is not the committed state {committed} (step {state['step']} against {other['step']}): "
+                  f"going on from {committed}", file=sys.stderr)
+            source, state = committed, other
     init_state = None  # the --init file's state, when it is the one read here
     if state is not None and source == args.state and args.init is not None and _stage_over(state, args.only):
         print(f"{args.state} holds a finished stage (or one that trains other parts): a new stage starts from {args.init}", file=sys.stderr)
