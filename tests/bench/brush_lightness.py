@@ -1,0 +1,61 @@
+"""Does a fill under a brushed mask leave a pale (or dark) patch on real photos? One figure per weights.
+
+    python tests/bench/brush_lightness.py --weights "bundled=resources/models/small.safetensors" \
+        --weights "candidate=runs/ship/candidate.safetensors" [--names acne04_0010.jpg,...]
+
+A photographer brushes over a whole acne cluster (the first weights' predicted mask above 0.15,
+grown by 2 mm: ``make_brush_figure.brushed_mask``), so the fill covers clean skin between the
+spots as well. On that clean skin (inside the brush, predicted mask below 0.05) the retouched
+photo should keep the photo's lightness: the mean CIELAB L* shift there is printed per photo and
+per weights (positive = paler). Synthetic validation cannot see this (its clean skin is the
+target); run it before shipping new weights beside ``ship_weights.sh``.
+"""
+from __future__ import annotations
+
+import argparse
+
+import cv2
+import numpy as np
+
+from engine.imageio import load_image
+from engine.retoucher import Retoucher
+from make_brush_figure import DATA, brushed_mask
+
+DEFAULT = "acne04_0010.jpg,acne04_0070.jpg,acne04_0095.jpg,acne04_0100.jpg,acne04_0203.jpg,acne04_0450.jpg"
+
+
+def lightness(rgb: np.ndarray) -> np.ndarray:
+    """CIELAB L* (0-100) of an 8-bit RGB image."""
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32)[..., 0] * (100.0 / 255.0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--weights", action="append", required=True, help="NAME=PATH (repeat); the first one's mask is brushed")
+    ap.add_argument("--names", default=DEFAULT, help="comma-separated file names in ../shared/data/acne-faces")
+    args = ap.parse_args()
+    models = [(n, Retoucher.load(p, device="cpu")) for n, p in (w.split("=", 1) for w in args.weights)]
+    shifts: dict[str, list[float]] = {n: [] for n, _ in models}
+    print("| photo | " + " | ".join(f"{n}: L* shift on clean skin under the brush" for n, _ in models) + " |")
+    print("|---|" + "---|" * len(models))
+    for name in [n.strip() for n in args.names.split(",") if n.strip()]:
+        photo = load_image(DATA / name).pixels
+        first = models[0][1].analyze(photo)
+        mask = brushed_mask(first.mask, first.plan.px_per_mm)
+        between = (mask > 0.9) & (first.mask < 0.05)
+        if not between.any():
+            print(f"| {name} | " + " | ".join("n/a" for _ in models) + " |")
+            continue
+        before = lightness(photo)[between].mean()
+        cells = []
+        for n, r in models:
+            a = first if r is models[0][1] else r.analyze(photo)
+            after = lightness(r.composite(photo, r.render(a, mask), 1.0))[between].mean()
+            shifts[n].append(float(after - before))
+            cells.append(f"{after - before:+.2f}")
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+    print("| mean (mean absolute) | " + " | ".join(f"{np.mean(v):+.2f} ({np.mean(np.abs(v)):.2f})" for v in shifts.values()) + " |")
+
+
+if __name__ == "__main__":
+    main()
