@@ -95,14 +95,14 @@ def soft_iou(pred: np.ndarray, true: np.ndarray) -> float:
     return float(np.minimum(p, t).sum() / union)
 
 
-def _lab(rgb: np.ndarray) -> np.ndarray:
+def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """sRGB float in [0, 1] -> CIELAB (D65; L in 0..100) as float64."""
     return cv2.cvtColor(np.clip(np.asarray(rgb, np.float32), 0.0, 1.0), cv2.COLOR_RGB2Lab).astype(np.float64)
 
 
 def delta_e2000(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per-pixel CIEDE2000 colour difference of two sRGB float images in [0, 1] (HxW)."""
-    return ciede2000(_lab(a), _lab(b))
+    return ciede2000(srgb_to_lab(a), srgb_to_lab(b))
 
 
 def ciede2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:

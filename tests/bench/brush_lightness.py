@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import argparse
 
-import cv2
 import numpy as np
 
-from engine.imageio import load_image
+from engine.imageio import load_image, to_float
 from engine.retoucher import Retoucher
+from engine.training.metrics import srgb_to_lab
 from make_brush_figure import DATA, brushed_mask
 
 DEFAULT = "acne04_0010.jpg,acne04_0070.jpg,acne04_0095.jpg,acne04_0100.jpg,acne04_0203.jpg,acne04_0450.jpg"
 
 
 def lightness(rgb: np.ndarray) -> np.ndarray:
-    """CIELAB L* (0-100) of an 8-bit RGB image."""
-    return cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32)[..., 0] * (100.0 / 255.0)
+    """CIELAB L* (0-100) of an RGB image (the colour conversion of the evaluation's ΔE2000)."""
+    return srgb_to_lab(to_float(rgb))[..., 0]
 
 
 def main() -> None:
