@@ -12,7 +12,8 @@ from engine.training.data import TrainingData, eval_pairs, is_holdout, list_imag
 from engine.imageio import from_float, save_image
 from engine.training.losses import feature_space, perceptual
 from engine.model import ModelConfig, load_model
-from engine.training.train import build_parser, train
+from engine.training.losses import tone_shift
+from engine.training.train import brushed, build_parser, train
 from tests.test_synth import make_face
 
 
@@ -149,6 +150,46 @@ def test_fill_outside_term_is_logged_only_when_asked(dataset, tmp_path) -> None:
     on = json.loads((tmp_path / "on" / "log.jsonl").read_text().splitlines()[-1])
     assert "fill_outside" not in off and on["fill_outside"] > 0
     assert on["x2y"] == pytest.approx(off["x2y"])  # same data and weights at step 1: only the new term differs
+
+
+def test_hold_tone_term_is_logged_only_when_asked(dataset, tmp_path) -> None:
+    train(_args(dataset, tmp_path / "off", 1))
+    train(_args(dataset, tmp_path / "on", 1, "--hold-tone", "10"))
+    off = json.loads((tmp_path / "off" / "log.jsonl").read_text().splitlines()[-1])
+    on = json.loads((tmp_path / "on" / "log.jsonl").read_text().splitlines()[-1])
+    assert "hold_tone" not in off and np.isfinite(on["hold_tone"]) and on["hold_tone"] >= 0
+    assert on["x2y"] == pytest.approx(off["x2y"])
+
+
+def test_tone_shift_sees_a_pale_patch_not_texture_or_what_lies_outside() -> None:
+    torch.manual_seed(0)
+    ref = 0.5 + 0.1 * torch.rand(1, 3, 64, 64)
+    region = torch.zeros(1, 1, 64, 64)
+    region[..., 16:48, 16:48] = 1
+    pale = ref + 0.05 * region
+    assert tone_shift(pale, ref, region, 3.0).item() == pytest.approx(0.05, rel=0.02)
+    checker = ((torch.arange(64)[:, None] + torch.arange(64)[None, :]) % 2 * 2 - 1).float() * 0.05
+    textured = ref + checker * region  # grain changed, tone kept
+    assert tone_shift(textured, ref, region, 3.0).item() < 0.005
+    spot_removed = ref + 0.2 * (1 - region)  # a brighter fill just outside the clean skin: not its business
+    assert tone_shift(spot_removed, ref, region, 3.0).item() == pytest.approx(0.0, abs=1e-6)
+    x = pale.clone().requires_grad_(True)
+    tone_shift(x, ref, region, 3.0).backward()
+    assert x.grad[..., 20:40, 20:40].abs().sum() > 0 and x.grad[..., :10, :10].abs().sum() == 0
+
+
+def test_brushed_mask_covers_the_spots_grown_and_clean_skin_between() -> None:
+    torch.manual_seed(0)
+    teacher = torch.zeros(2, 1, 96, 96)
+    teacher[:, :, 40:44, 40:44] = 0.8
+    teacher[:, :, 70, 70] = 0.1  # below the brush's threshold: kept as it is, not grown
+    brush = brushed(teacher, 1.6)
+    assert brush.shape == teacher.shape and 0 <= brush.min() and brush.max() <= 1
+    assert (brush >= teacher).all()
+    assert (brush[:, :, 40:44, 40:44] > 0.9).all() and (brush[:, :, 42, 46] > 0.5).all()  # grown by >= 1 mm
+    clean = (brush > 0.9) & (teacher < 0.05)
+    assert clean.sum() > 100  # there is clean skin under the brush for --hold-tone to hold
+    assert (brush < 0.1).float().mean() > 0.3  # not a brush over everything
 
 
 def test_ablation_switches_train(dataset, tmp_path) -> None:

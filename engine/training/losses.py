@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from engine.model.fill import gaussian_blur
+
 _SOBEL = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
 
 
@@ -59,6 +61,21 @@ def soft_jaccard(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     inter = (prob * target).flatten(1).sum(1)
     union = (prob + target - prob * target).flatten(1).sum(1)
     return (1.0 - (inter + 1.0) / (union + 1.0)).mean()
+
+
+def tone_shift(out: torch.Tensor, ref: torch.Tensor, region: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Mean |local mean of (out − ref)| over ``region``, the local mean a Gaussian of ``sigma``
+    pixels taken over region pixels only (normalised convolution).
+
+    It sees a shift of tone or colour (a pale or dark patch) but not texture: grain, pores and small
+    spots inside the region may change freely, and nothing outside the region (a spot removed next
+    to it) enters the mean.
+    """
+    num = gaussian_blur((out - ref) * region, sigma)
+    den = gaussian_blur(region, sigma)
+    shift = num / den.clamp_min(1e-3)
+    where = region * (den > 0.2).float()
+    return (shift.abs() * where).sum() / (out.shape[1] * where.sum()).clamp_min(1.0)
 
 
 def soft_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,10 @@ Deviations, each for a stated reason:
   did better on validation faces; see the model card.)
 - A soft-Jaccard term on σ(H) against φ is added to the mask losses (--iou): blemishes cover a few
   per cent of a face, and per-pixel terms alone give timid masks.
+- --hold-tone: on the unpaired raw photos the fill is also run under a brushed mask (brushed()), and
+  the local tone of the clean skin under the brush is held to the photo's (losses.tone_shift): a
+  photographer's brush covers clean skin between spots, and only real photos show whether the fill
+  leaves a pale patch there (synthetic clean skin is the target; --fill-outside holds it).
 - The transformer is trained with the true mask φ on half of the paired samples and with H̄'s
   prediction on the other half, so that it learns from exact masks (as a user's brushed mask is)
   and from predicted ones.
@@ -45,6 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from engine.training import losses
 from engine.training.data import DEFAULT_DATA, Batch, TrainingData
@@ -52,6 +57,7 @@ from engine.training.pack import Pack
 from engine.training.state import load_state, save_state
 from engine.errors import WeightsError
 from engine.model import ModelConfig, PixelDiscriminator, RetouchFormer, load_safetensors, save_model, transfer_weights
+from engine.model.fill import gaussian_blur
 from engine.model.layers import mask_to
 
 
@@ -80,6 +86,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--init", type=Path, help="start a new run from these weights (model .safetensors, or a run's last.pt for the discriminator too)")
     p.add_argument("--state", type=Path, help="the committed training state (e.g. resources/training/state.pt): resumed from when the run has no last.pt yet, rewritten (compact) at every checkpoint")
     p.add_argument("--fill-outside", type=float, default=0.0, help="L1 weight of the raw synthesis against y outside the blemishes (robustness to masks that are too wide)")
+    p.add_argument("--hold-tone", type=float, default=0.0, help="L1 weight of the tone shift (local mean over 2 mm) of clean skin under a brushed mask on the raw-only photos (no pale patches where a brush covers clean skin between spots)")
     p.add_argument("--adv", type=float, default=0.05, help="weight of the adversarial term for the generator")
     p.add_argument("--adv-start", type=int, default=1000, help="step at which the adversarial terms start")
     p.add_argument("--gt-mask-prob", type=float, default=0.5)
@@ -106,6 +113,23 @@ def _config(args: argparse.Namespace) -> ModelConfig:
         except json.JSONDecodeError:
             overrides[key] = value
     return ModelConfig.preset(args.preset, **overrides)
+
+
+TONE_SIGMA_MM = 2.0  # --hold-tone compares local means over about this radius of clean skin
+
+
+def brushed(teacher: torch.Tensor, px_per_mm: float) -> torch.Tensor:
+    """The mask a photographer brushes on a real photo: H̄'s spots (above 0.15) grown by 1-3 mm, plus
+    strokes over skin with no spot under them, softened at the edge; never below H̄'s own mask.
+    (The brush of tests/bench/brush_lightness.py grows the predicted spots by 2 mm.)"""
+    b, _, h, w = teacher.shape
+    grow = int(round(px_per_mm * float(torch.empty(()).uniform_(1.0, 3.0))))
+    spots = F.max_pool2d((teacher > 0.15).float(), 2 * grow + 1, stride=1, padding=grow)
+    cell = max(2, int(round(6 * px_per_mm)))  # strokes about 6 mm across
+    noise = torch.rand(b, 1, max(1, h // cell), max(1, w // cell), device=teacher.device)
+    strokes = (F.interpolate(noise, size=(h, w), mode="bilinear", align_corners=False) > 0.75).float()
+    soft = gaussian_blur(torch.maximum(spots, strokes), 0.7 * px_per_mm)
+    return torch.maximum(soft, teacher)
 
 
 class GeneratorStep(nn.Module):
@@ -151,6 +175,13 @@ class GeneratorStep(nn.Module):
             fr = m.transformer(m.tokens(fu), m.token_weights(teacher, fu[3]))
             out["yu_hat"], _ = m.synthesis(fr, fu, xu, teacher)
             out["xu_mask"] = teacher
+            if a.hold_tone:  # a brush over whole clusters must not leave a pale patch on the clean skin it covers
+                brush = brushed(teacher, m.config.work_px_per_mm)
+                fb = m.transformer(m.tokens(fu), m.token_weights(brush, fu[3]))
+                yu_b, _ = m.synthesis(fb, fu, xu, brush)
+                clean = ((brush > 0.9) & (teacher < 0.05)).float()
+                sigma = TONE_SIGMA_MM * m.config.work_px_per_mm
+                out["hold_tone"] = a.hold_tone * losses.tone_shift(yu_b, xu, clean, sigma)
         return out
 
     def _mask_losses(self, xa: torch.Tensor, phi: torch.Tensor, recon: torch.Tensor, out: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -383,7 +414,7 @@ def train(args: argparse.Namespace) -> Path:
         with amp:
             out = gstep(y, xa, phi, xu, use_gt)
         adv_on = step >= args.adv_start and args.only == "all"
-        loss_names = ["prior", "rec", "mask_reg", "mask_bce", "mask_iou", "x2y", "fill", "fill_outside", "mask_unpaired"]
+        loss_names = ["prior", "rec", "mask_reg", "mask_bce", "mask_iou", "x2y", "fill", "fill_outside", "hold_tone", "mask_unpaired"]
         g_loss = sum(out[k] for k in loss_names if k in out)
         if adv_on:  # L_adv^syn through D (not its DDP wrapper: D is not updated here)
             with amp:
