@@ -15,7 +15,8 @@
 # resources/models/small.safetensors is left to the person running this, when validation says so
 # and real photos agree: `python tests/bench/brush_lightness.py --weights bundled=... --weights
 # candidate=OUT_DIR/candidate.safetensors` (a paler fill under a brushed mask, which synthetic
-# validation cannot see, kept stage 6's step 1,300 from shipping).
+# validation cannot see, kept stage 6's step 1,300 from shipping): mean L* shift within ±1 and mean
+# absolute shift no larger than the bundled weights'.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUN=${1:?usage: ship_weights.sh RUN_DIR [OUT_DIR]}
