@@ -361,10 +361,11 @@ def test_pack_and_parallel_training_as_on_a_gpu_window(dataset, tmp_path) -> Non
     again = build_parser().parse_args([
         "--run", str(tmp_path / "gpu2"), "--preset", "tiny", "--steps", "2", "--batch", "2", "--unpaired-batch", "1", "--crop", "48",
         "--pack", str(out), "--workers", "2", "--amp", "--state", str(state), "--init", str(state), "--conf", "0", "--adv-start", "0",
-        "--ckpt-every", "2", "--log-every", "1", "--threads", "1",
+        "--fill-outside", "10", "--hold-tone", "10", "--ckpt-every", "2", "--log-every", "1", "--threads", "1",
     ])
     train(again)
-    assert [json.loads(line)["step"] for line in (tmp_path / "gpu2" / "log.jsonl").read_text().splitlines()] == [1, 2]
+    log = [json.loads(line) for line in (tmp_path / "gpu2" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and all(np.isfinite(r["hold_tone"]) for r in log)
     assert [h["to_step"] for h in torch.load(state, weights_only=False)["history"]] == [3, 2]
     from engine.training.state import load_state, optimiser_path
 
