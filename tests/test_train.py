@@ -10,9 +10,8 @@ import torch
 
 from engine.training.data import TrainingData, eval_pairs, is_holdout, list_images
 from engine.imageio import from_float, save_image
-from engine.training.losses import feature_space, perceptual
+from engine.training.losses import feature_space, perceptual, tone_shift
 from engine.model import ModelConfig, load_model
-from engine.training.losses import tone_shift
 from engine.training.train import brushed, build_parser, train
 from tests.test_synth import make_face
 

@@ -172,12 +172,13 @@ class GeneratorStep(nn.Module):
             fu = m.encoder(xu)
             ru = m.prior(fu, xu).recon.detach()
             teacher = self._unpaired_mask(xu, ru, out)
-            fr = m.transformer(m.tokens(fu), m.token_weights(teacher, fu[3]))
+            tu = m.tokens(fu)  # one token projection for the teacher's fill and the brushed one
+            fr = m.transformer(tu, m.token_weights(teacher, fu[3]))
             out["yu_hat"], _ = m.synthesis(fr, fu, xu, teacher)
             out["xu_mask"] = teacher
             if a.hold_tone:  # a brush over whole clusters must not leave a pale patch on the clean skin it covers
                 brush = brushed(teacher, m.config.work_px_per_mm)
-                fb = m.transformer(m.tokens(fu), m.token_weights(brush, fu[3]))
+                fb = m.transformer(tu, m.token_weights(brush, fu[3]))
                 yu_b, _ = m.synthesis(fb, fu, xu, brush)
                 clean = ((brush > 0.9) & (teacher < 0.05)).float()
                 sigma = TONE_SIGMA_MM * m.config.work_px_per_mm
