@@ -54,6 +54,47 @@ def test_eval_reports_model_and_baselines(setup, capsys) -> None:
     assert "| tiny |" in printed and "| input (untouched) |" in printed
 
 
+def test_paired_differences_image_by_image() -> None:
+    """--against: the mean per-image difference, its 95 % interval, and the images a method wins;
+    images without a figure on either side are left out, and a lower colour error counts as better."""
+    table = {
+        "_meta": {},
+        "ref": {"per_image": {"psnr": [30.0, 31.0, 32.0, 33.0], "psnr_blemish": [20.0, None, 22.0, 23.0], "delta_e_blemish": [5.0, 5.0, 5.0, 5.0], "soft_iou": [None] * 4}},
+        "a": {"per_image": {"psnr": [31.0, 31.5, 31.0, 35.0], "psnr_blemish": [21.0, 25.0, None, 24.0], "delta_e_blemish": [4.0, 6.0, 4.5, 4.0], "soft_iou": [0.2, 0.3, 0.1, 0.4]}},
+    }
+    d = evaluate.paired(table, "ref")
+    assert list(d) == ["a"]  # the reference is not compared with itself
+    psnr = d["a"]["psnr"]
+    diffs = np.array([1.0, 0.5, -1.0, 2.0])
+    assert psnr["mean"] == pytest.approx(diffs.mean()) and psnr["images"] == 4 and psnr["better"] == 3
+    assert psnr["ci95"] == pytest.approx(1.96 * diffs.std(ddof=1) / 2.0)
+    inside = d["a"]["psnr_blemish"]
+    assert inside["images"] == 2 and inside["mean"] == pytest.approx(1.0) and inside["better"] == 2
+    assert d["a"]["delta_e_blemish"]["better"] == 3  # lower is better for the colour error
+    assert d["a"]["soft_iou"] is None  # the reference predicts no mask
+    printed = evaluate.markdown_paired({"": d}, "ref")
+    assert "| a | +0.62 ± " in printed and "(3/4 better)" in printed
+    with pytest.raises(SystemExit, match="no method called"):
+        evaluate.paired(table, "missing")
+
+
+def test_eval_against_a_reference(setup, capsys) -> None:
+    out = setup["root"] / "against.json"
+    base = ["--model", f"tiny={setup['weights']}", "--clean", str(setup["faces"]), "--count", "2", "--threads", "1"]
+    with pytest.raises(SystemExit, match="no method called 'nope'"):  # refused before anything runs
+        evaluate.main(base + ["--against", "nope"])
+    assert evaluate.main(base + ["--against", "input (untouched)", "--json", str(out)]) == 0
+    table = json.loads(out.read_text())
+    assert table["_paired"]["against"] == "input (untouched)"
+    diffs = table["_paired"]["table"]
+    assert set(diffs) == {"bilateral skin smoothing", "spot healing (detect + inpaint)", "tiny"}
+    for name, row in diffs.items():  # every image has a whole-image PSNR: mean of differences = difference of means
+        assert row["psnr"]["images"] == 2
+        assert row["psnr"]["mean"] == pytest.approx(table[name]["psnr"] - table["input (untouched)"]["psnr"])
+    assert len(table["tiny"]["per_image"]["psnr"]) == 2
+    assert "| difference from input (untouched), image by image |" in capsys.readouterr().out
+
+
 def test_eval_by_kind(setup, capsys) -> None:
     out = setup["root"] / "kinds.json"
     argv = ["--model", f"tiny={setup['weights']}", "--clean", str(setup["faces"]), "--count", "2", "--json", str(out), "--no-baselines", "--by-kind"]
@@ -90,9 +131,11 @@ def test_eval_with_the_true_mask_against_classical_healing(setup, capsys) -> Non
 
 def test_eval_at_face_sizes_runs_the_whole_pipeline(setup, capsys) -> None:
     out = setup["root"] / "sizes.json"
-    argv = ["--model", f"tiny={setup['weights']}", "--clean", str(setup["faces"]), "--count", "1", "--face-size", "60,120", "--json", str(out)]
+    argv = ["--model", f"tiny={setup['weights']}", "--clean", str(setup["faces"]), "--count", "1", "--face-size", "60,120", "--json", str(out), "--against", "input (untouched)"]
     assert evaluate.main(argv) == 0
     tables = json.loads(out.read_text())["_face_sizes"]
+    paired = json.loads(out.read_text())["_paired"]["face_sizes"]
+    assert list(paired) == ["60", "120"] and all(list(p) == ["tiny"] for p in paired.values())
     assert list(tables) == ["60", "120"]
     small, large = tables["60"], tables["120"]
     assert large["_meta"]["image_side"] >= 1.8 * small["_meta"]["image_side"]
@@ -101,6 +144,7 @@ def test_eval_at_face_sizes_runs_the_whole_pipeline(setup, capsys) -> None:
         assert 0.0 <= t["tiny"]["soft_iou"] <= 1.0 and t["input (untouched)"]["soft_iou"] is None
     printed = capsys.readouterr().out
     assert "| 60 |" in printed and "| 120 |" in printed
+    assert "| face width (px) | difference from input (untouched), image by image |" in printed and "| 120 | tiny |" in printed
     with pytest.raises(SystemExit):
         evaluate.main(["--face-size", "big", "--clean", str(setup["faces"])])
 

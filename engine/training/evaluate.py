@@ -24,6 +24,11 @@ Three tables:
 ``--by-kind`` repeats the default table once per blemish kind of the synthesiser. ``--offset N``
 skips the first N held-out portraits (validation of training runs uses portraits the
 evaluation does not).
+
+``--against NAME`` adds a paired table: every other method's difference from NAME on the same
+images (the mean over images of the per-image difference, with a 95 % interval from its standard
+error, and on how many images the method did better). Two models (two checkpoints, an ablation
+against the full model) whose interval holds zero differ by no more than the images' noise.
 """
 from __future__ import annotations
 
@@ -66,6 +71,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--json", type=Path, help="write the table(s) as JSON")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--by-kind", action="store_true", help="also evaluate each blemish kind on its own")
+    p.add_argument("--against", metavar="NAME", help="also print each method's difference from this one (a --model name or a baseline's), image by image, with a 95%% interval")
     return p
 
 
@@ -110,23 +116,55 @@ def healing_methods(px_per_mm: float) -> dict[str, Method]:
     }
 
 
-def score(results: list[Result], cleans: list[np.ndarray], masks: list[np.ndarray]) -> dict[str, float | None]:
-    ps, ss, pin, de, iou = [], [], [], [], []
-    for (out, pred), clean, true in zip(results, cleans, masks):
-        ps.append(metrics.psnr(out, clean))
-        ss.append(metrics.ssim(out, clean))
-        region = true > BLEMISH_THRESHOLD
-        if region.any():
-            pin.append(metrics.psnr(out, clean, mask=region))
-            de.append(metrics.mean_delta_e(out, clean, mask=region))
-        if pred is not None:
-            iou.append(metrics.soft_iou(pred, true))
+#: The figures kept per image (for --against), in table order; a higher value is better for all but ΔE.
+PAIRED = ("psnr", "psnr_blemish", "delta_e_blemish", "soft_iou")
+LOWER_IS_BETTER = {"delta_e_blemish"}
 
-    def mean(v: list[float]) -> float | None:
-        finite = [x for x in v if np.isfinite(x)]
+
+def score(results: list[Result], cleans: list[np.ndarray], masks: list[np.ndarray]) -> dict[str, object]:
+    """The mean of each figure over the images, and (under "per_image") the figures of each image
+    in order, None where an image has none (no blemish pixel, no predicted mask, an infinite PSNR)."""
+    per: dict[str, list[float | None]] = {k: [] for k in ("psnr", "ssim", "psnr_blemish", "delta_e_blemish", "soft_iou")}
+    for (out, pred), clean, true in zip(results, cleans, masks):
+        per["psnr"].append(metrics.psnr(out, clean))
+        per["ssim"].append(metrics.ssim(out, clean))
+        region = true > BLEMISH_THRESHOLD
+        per["psnr_blemish"].append(metrics.psnr(out, clean, mask=region) if region.any() else None)
+        per["delta_e_blemish"].append(metrics.mean_delta_e(out, clean, mask=region) if region.any() else None)
+        per["soft_iou"].append(metrics.soft_iou(pred, true) if pred is not None else None)
+    per = {k: [float(x) if x is not None and np.isfinite(x) else None for x in v] for k, v in per.items()}
+
+    def mean(v: list[float | None]) -> float | None:
+        finite = [x for x in v if x is not None]
         return float(np.mean(finite)) if finite else None
 
-    return {"psnr": mean(ps), "ssim": mean(ss), "psnr_blemish": mean(pin), "delta_e_blemish": mean(de), "soft_iou": mean(iou)}
+    row: dict[str, object] = {k: mean(v) for k, v in per.items()}
+    row["per_image"] = {k: per[k] for k in PAIRED}
+    return row
+
+
+def paired(table: dict[str, dict], reference: str) -> dict[str, dict[str, dict[str, float | int] | None]]:
+    """Each method's per-image difference from ``reference`` on the images both have a figure for:
+    mean, the half-width of its 95 % interval (1.96 standard errors; normal approximation), the
+    number of images, and on how many of them the method is better."""
+    if reference not in table:
+        names = ", ".join(k for k in table if not k.startswith("_"))
+        raise SystemExit(f"--against: no method called {reference!r} in this table (there are: {names})")
+    ref = table[reference]["per_image"]
+    out: dict[str, dict[str, dict[str, float | int] | None]] = {}
+    for name, row in table.items():
+        if name.startswith("_") or name == reference:
+            continue
+        out[name] = {}
+        for key in PAIRED:
+            d = np.array([a - b for a, b in zip(row["per_image"][key], ref[key]) if a is not None and b is not None], dtype=np.float64)
+            if d.size == 0:
+                out[name][key] = None
+                continue
+            half = 1.96 * float(d.std(ddof=1)) / np.sqrt(d.size) if d.size > 1 else float("nan")
+            better = int(np.sum(d < 0) if key in LOWER_IS_BETTER else np.sum(d > 0))
+            out[name][key] = {"mean": float(d.mean()), "ci95": half, "images": int(d.size), "better": better}
+    return out
 
 
 def _models(models: dict[str, Path], true_mask: bool) -> tuple[dict[str, Method], float]:
@@ -241,6 +279,27 @@ def markdown(table: dict[str, dict[str, float | None]]) -> str:
     return "\n".join(lines)
 
 
+def markdown_paired(groups: dict[str, dict[str, dict[str, dict[str, float | int] | None]]], reference: str, group_header: str | None = None) -> str:
+    """One row per method (and group, e.g. face width, under ``group_header``): its difference from
+    ``reference`` image by image (mean ± 95 % interval, and the images on which it is better)."""
+
+    def cell(d: dict[str, float | int] | None, digits: int) -> str:
+        if d is None:
+            return "n/a"
+        return f"{d['mean']:+.{digits}f} ± {d['ci95']:.{digits}f} ({d['better']}/{d['images']} better)"
+
+    lead = f"| {group_header} " if group_header else ""
+    lines = [
+        f"{lead}| difference from {reference}, image by image | PSNR (dB) | PSNR in blemishes (dB) | ΔE2000 in blemishes | Soft-IoU of mask |",
+        "|---" * (5 + bool(group_header)) + "|",
+    ]
+    for group, diffs in groups.items():
+        for name, row in diffs.items():
+            first = f"| {group} " if group_header else ""
+            lines.append(f"{first}| {name} | {cell(row['psnr'], 2)} | {cell(row['psnr_blemish'], 2)} | {cell(row['delta_e_blemish'], 2)} | {cell(row['soft_iou'], 3)} |")
+    return "\n".join(lines)
+
+
 def markdown_by_kind(tables: dict[str, dict[str, dict[str, float | None]]]) -> str:
     """One row per blemish kind and method: PSNR and colour error inside the blemishes, Soft-IoU."""
     f = _fmt
@@ -275,6 +334,16 @@ def main(argv: list[str] | None = None) -> int:
         name, _, path = item.rpartition("=")
         models[name or Path(path).stem] = Path(path)
     clean = args.clean or DEFAULT_CLEAN
+    if args.against:  # say so now, not after the whole evaluation has run
+        if args.face_size:
+            names = {"input (untouched)"}
+        elif args.no_baselines:
+            names = set()
+        else:
+            names = set(healing_methods(1.0) if args.true_mask else baseline_methods())
+        names |= set(models)
+        if args.against not in names:
+            raise SystemExit(f"--against: no method called {args.against!r} in this table (there are: {', '.join(sorted(names))})")
     out: dict[str, object] = {}
     if args.face_size:
         try:
@@ -284,10 +353,20 @@ def main(argv: list[str] | None = None) -> int:
         tables = evaluate_face_sizes(models, clean, widths, args.count, args.seed, args.offset)
         print(markdown_face_sizes(tables))
         out["_face_sizes"] = tables
+        if args.against:
+            diffs = {w: paired(t, args.against) for w, t in tables.items()}
+            print()
+            print(markdown_paired(diffs, args.against, "face width (px)"))
+            out["_paired"] = {"against": args.against, "face_sizes": diffs}
     else:
         table = evaluate(models, clean, args.count, args.seed, not args.no_baselines, true_mask=args.true_mask, offset=args.offset)
         print(markdown(table))
         out.update(table)
+        if args.against:
+            diffs = paired(table, args.against)
+            print()
+            print(markdown_paired({"": diffs}, args.against))
+            out["_paired"] = {"against": args.against, "table": diffs}
         if args.by_kind:
             kinds = {
                 k: evaluate(models, clean, args.count, args.seed, not args.no_baselines, SynthConfig.only(k), args.true_mask, args.offset)

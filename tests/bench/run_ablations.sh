@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The paper's ablations on one short schedule (same data, steps, batch and seed for every run),
-# then one evaluation table. Usage: bash tests/bench/run_ablations.sh [STEPS] [RUN_ROOT]
+# then one evaluation table and each variant's difference from the full model image by image
+# (95 % interval: a difference whose interval holds zero is noise). Usage: bash tests/bench/run_ablations.sh [STEPS] [RUN_ROOT]
 # Each run resumes from its checkpoint if interrupted; run the same command again.
 #   EXTRA="..."  more training arguments for every run (a GPU window: --pack runs/pack/pack.npz
 #                --device cuda --amp --workers 14 --batch 48 --crop 128)
@@ -29,5 +30,6 @@ for name in full global-attention single-scale-tokens no-prior no-unpaired; do
   ARGS+=(--model "$name ($STEPS steps)=$ROOT/$name/model.safetensors")
 done
 if [ "${EVAL:-1}" != 0 ]; then
-  $PY -m engine.training.evaluate "${ARGS[@]}" --no-baselines --count 100 --threads "${THREADS:-1}" --json "$ROOT/table.json"
+  $PY -m engine.training.evaluate "${ARGS[@]}" --no-baselines --count 100 --threads "${THREADS:-1}" \
+      --against "full ($STEPS steps)" --json "$ROOT/table.json"
 fi

@@ -33,10 +33,12 @@ else
   $PY -m engine.training.state export "$RUN/last.pt" resources/training/state.pt
 fi
 $PY -m engine.training.calibrate "$WEIGHTS" --count "$CAL" --offset 200 --out "$OUT/candidate.safetensors" | tee "$OUT/calibration.md"
-# validation: the whole pipeline, the bundled weights against the candidate
+# validation: the whole pipeline, the bundled weights against the candidate (and the candidate's
+# difference from the bundled weights image by image, with its 95 % interval: a win inside the
+# images' noise is no win)
 $PY -m engine.training.evaluate --offset 200 --count "$VAL" --face-size 400 \
     --model "bundled=resources/models/small.safetensors" --model "candidate=$OUT/candidate.safetensors" \
-    --json "$OUT/validation.json" | tee "$OUT/validation.md"
+    --against bundled --json "$OUT/validation.json" | tee "$OUT/validation.md"
 # ... and with the exact mask, as a brushed mask is used (one run each: weights of another working
 # scale see the same portraits at their own scale, blemishes sized in millimetres)
 for w in bundled=resources/models/small.safetensors candidate=$OUT/candidate.safetensors; do
