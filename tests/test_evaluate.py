@@ -76,6 +76,9 @@ def test_paired_differences_image_by_image() -> None:
     assert "| a | +0.62 ± " in printed and "(3/4 better)" in printed
     with pytest.raises(SystemExit, match="no method called"):
         evaluate.paired(table, "missing")
+    one = evaluate.paired({k: {"per_image": {f: v[:1] for f, v in r["per_image"].items()}} for k, r in table.items() if k != "_meta"}, "ref")
+    assert one["a"]["psnr"]["ci95"] is None  # one image gives no interval
+    assert "| a | +1.00 (1/1 better) |" in evaluate.markdown_paired({"": one}, "ref")
 
 
 def test_eval_against_a_reference(setup, capsys) -> None:

@@ -119,6 +119,8 @@ def healing_methods(px_per_mm: float) -> dict[str, Method]:
 #: The figures kept per image (for --against), in table order; a higher value is better for all but ΔE.
 PAIRED = ("psnr", "psnr_blemish", "delta_e_blemish", "soft_iou")
 LOWER_IS_BETTER = {"delta_e_blemish"}
+#: paired(): method -> figure -> {"mean", "ci95", "images", "better"} (None where there is no figure)
+Paired = dict[str, dict[str, dict[str, float | int | None] | None]]
 
 
 def score(results: list[Result], cleans: list[np.ndarray], masks: list[np.ndarray]) -> dict[str, object]:
@@ -143,7 +145,7 @@ def score(results: list[Result], cleans: list[np.ndarray], masks: list[np.ndarra
     return row
 
 
-def paired(table: dict[str, dict], reference: str) -> dict[str, dict[str, dict[str, float | int] | None]]:
+def paired(table: dict[str, dict], reference: str) -> Paired:
     """Each method's per-image difference from ``reference`` on the images both have a figure for:
     mean, the half-width of its 95 % interval (1.96 standard errors; normal approximation), the
     number of images, and on how many of them the method is better."""
@@ -151,7 +153,7 @@ def paired(table: dict[str, dict], reference: str) -> dict[str, dict[str, dict[s
         names = ", ".join(k for k in table if not k.startswith("_"))
         raise SystemExit(f"--against: no method called {reference!r} in this table (there are: {names})")
     ref = table[reference]["per_image"]
-    out: dict[str, dict[str, dict[str, float | int] | None]] = {}
+    out: Paired = {}
     for name, row in table.items():
         if name.startswith("_") or name == reference:
             continue
@@ -161,7 +163,7 @@ def paired(table: dict[str, dict], reference: str) -> dict[str, dict[str, dict[s
             if d.size == 0:
                 out[name][key] = None
                 continue
-            half = 1.96 * float(d.std(ddof=1)) / np.sqrt(d.size) if d.size > 1 else float("nan")
+            half = 1.96 * float(d.std(ddof=1)) / float(np.sqrt(d.size)) if d.size > 1 else None  # one image: no interval
             better = int(np.sum(d < 0) if key in LOWER_IS_BETTER else np.sum(d > 0))
             out[name][key] = {"mean": float(d.mean()), "ci95": half, "images": int(d.size), "better": better}
     return out
@@ -279,14 +281,15 @@ def markdown(table: dict[str, dict[str, float | None]]) -> str:
     return "\n".join(lines)
 
 
-def markdown_paired(groups: dict[str, dict[str, dict[str, dict[str, float | int] | None]]], reference: str, group_header: str | None = None) -> str:
+def markdown_paired(groups: dict[str, Paired], reference: str, group_header: str | None = None) -> str:
     """One row per method (and group, e.g. face width, under ``group_header``): its difference from
     ``reference`` image by image (mean ± 95 % interval, and the images on which it is better)."""
 
-    def cell(d: dict[str, float | int] | None, digits: int) -> str:
+    def cell(d: dict[str, float | int | None] | None, digits: int) -> str:
         if d is None:
             return "n/a"
-        return f"{d['mean']:+.{digits}f} ± {d['ci95']:.{digits}f} ({d['better']}/{d['images']} better)"
+        spread = "" if d["ci95"] is None else f" ± {d['ci95']:.{digits}f}"
+        return f"{d['mean']:+.{digits}f}{spread} ({d['better']}/{d['images']} better)"
 
     lead = f"| {group_header} " if group_header else ""
     lines = [
