@@ -185,3 +185,51 @@ def test_calibration_choice_never_harms_the_whole_photo() -> None:
     assert choose(table, untouched) == (4.0, 0.0)
     # nothing safe: the best sum of the two
     assert choose({k: (v[0] - 5, v[1], v[2]) for k, v in table.items()}, untouched) == (0.0, 0.0)
+
+
+def _validation(cand_in: float, cand_whole: float, whole_diff: tuple[float, float] | None) -> dict:
+    """validation.json as ship_weights.sh writes it (one face width, the candidate against the bundled weights)."""
+    table = {
+        "input (untouched)": {"psnr": 44.0, "psnr_blemish": 25.5},
+        "bundled": {"psnr": 45.0, "psnr_blemish": 27.7},
+        "candidate": {"psnr": cand_whole, "psnr_blemish": cand_in},
+        "_meta": {"images": 40},
+    }
+    paired = {}
+    if whole_diff is not None:
+        paired = {"face_sizes": {"400": {"candidate": {"psnr": {"mean": whole_diff[0], "ci95": whole_diff[1], "images": 40, "better": 10}}}}}
+    return {"_face_sizes": {"400": table}, "_paired": paired}
+
+
+@pytest.mark.parametrize(
+    "cand_in, cand_whole, whole_diff, true_cand, wins",
+    [
+        (27.9, 45.1, (0.1, 0.2), 29.8, True),     # more out of the blemishes both ways, the whole photo level
+        (27.6, 45.1, (0.1, 0.2), 29.8, False),    # less out of the blemishes through the pipeline
+        (27.9, 45.1, (0.1, 0.2), 29.6, False),    # less with the exact mask
+        (27.9, 43.9, (-1.1, 0.3), 29.8, False),   # the whole photo worse than untouched
+        (27.9, 44.6, (-0.4, 0.24), 29.8, False),  # the whole photo worse than the bundled weights beyond the noise
+        (27.9, 44.9, (-0.1, 0.24), 29.8, True),   # ... within it
+        (27.9, 44.9, None, 29.8, True),           # no image-by-image table: that condition is not judged
+    ],
+)
+def test_ship_verdict(tmp_path, capsys, cand_in, cand_whole, whole_diff, true_cand, wins) -> None:
+    from engine.training import ship
+
+    (tmp_path / "validation.json").write_text(json.dumps(_validation(cand_in, cand_whole, whole_diff)))
+    (tmp_path / "validation_true_mask_bundled.json").write_text(json.dumps({"bundled": {"psnr_blemish": 29.7}}))
+    (tmp_path / "validation_true_mask_candidate.json").write_text(json.dumps({"candidate": {"psnr_blemish": true_cand}}))
+    assert ship.main([str(tmp_path)]) == (0 if wins else ship.LOSES)
+    printed = capsys.readouterr().out
+    assert ("FAILS" in printed) is not wins
+    assert ("do not ship it" in printed) is not wins
+
+
+def test_ship_verdict_needs_the_validation_tables(tmp_path) -> None:
+    from engine.training import ship
+
+    with pytest.raises(SystemExit, match="validation.json is missing"):
+        ship.main([str(tmp_path)])
+    (tmp_path / "validation.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="cannot be read"):
+        ship.main([str(tmp_path)])

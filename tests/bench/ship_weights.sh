@@ -3,7 +3,9 @@
 # weights, and ship them only if they beat the bundled ones on validation faces (held-out
 # portraits that are not the evaluation's: --offset 200): more taken out of the blemishes through
 # the whole pipeline with the predicted mask and with the exact (brushed) mask, and the whole photo
-# closer to the clean one than the untouched photo. Then the evaluation tables.
+# closer to the clean one than the untouched photo and no further from it than the bundled
+# weights leave it beyond the images' noise (python -m engine.training.ship: OUT_DIR/verdict.txt).
+# Then, for a candidate that passes, the evaluation tables.
 #
 #   bash tests/bench/ship_weights.sh RUN_DIR [OUT_DIR]
 #
@@ -45,6 +47,18 @@ for w in bundled=resources/models/small.safetensors candidate=$OUT/candidate.saf
   $PY -m engine.training.evaluate --offset 200 --count "$VAL" --true-mask --model "$w" \
       --json "$OUT/validation_true_mask_${w%%=*}.json" | tee "$OUT/validation_true_mask_${w%%=*}.md"
 done
+# the synthetic half of the ship rule; a candidate that fails it gets no evaluation tables
+# (TABLES=always writes them anyway)
+set +e
+$PY -m engine.training.ship "$OUT" | tee "$OUT/verdict.txt"
+VERDICT=${PIPESTATUS[0]}
+set -e
+if [ "$VERDICT" = 3 ] && [ "${TABLES:-}" != always ]; then
+  echo "evaluation tables skipped: the candidate is not shipped"
+  exit 0
+elif [ "$VERDICT" != 0 ] && [ "$VERDICT" != 3 ]; then
+  exit "$VERDICT"
+fi
 # the evaluation tables (first 200 held-out portraits) for the model card and the README
 CAND="RetouchFormer small (candidate)=$OUT/candidate.safetensors"
 $PY -m engine.training.evaluate --count "$EVAL" --true-mask --model "$CAND" --json "$OUT/eval_true_mask.json" | tee "$OUT/eval_true_mask.md"
