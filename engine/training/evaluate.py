@@ -92,10 +92,15 @@ def model_method(path: Path, true_mask: bool = False) -> tuple[Method, float]:
     return run, model.config.work_px_per_mm
 
 
+def untouched() -> dict[str, Method]:
+    """The untouched input, the first row of every table."""
+    return {"input (untouched)": lambda raws, _m: [(r, None) for r in raws]}
+
+
 def baseline_methods() -> dict[str, Method]:
     """Methods that find the blemishes themselves."""
     return {
-        "input (untouched)": lambda raws, _m: [(r, None) for r in raws],
+        **untouched(),
         "bilateral skin smoothing": lambda raws, _m: [(baselines.bilateral_smooth(r, skin_mask(r)), None) for r in raws],
         "spot healing (detect + inpaint)": lambda raws, _m: [baselines.spot_heal(r) for r in raws],
     }
@@ -108,7 +113,7 @@ def healing_methods(px_per_mm: float) -> dict[str, Method]:
         return lambda raws, masks: [(fn(r, m, px_per_mm), None) for r, m in zip(raws, masks)]
 
     return {
-        "input (untouched)": lambda raws, _m: [(r, None) for r in raws],
+        **untouched(),
         "Telea inpainting": handed(baselines.telea_heal),
         "median blend": handed(baselines.median_blend),
         "classical fill (the model's anchor)": handed(baselines.anchor_heal),
@@ -145,13 +150,17 @@ def score(results: list[Result], cleans: list[np.ndarray], masks: list[np.ndarra
     return row
 
 
+def require_method(reference: str, names: list[str]) -> None:
+    """Refuse an --against name that is not one of the table's methods."""
+    if reference not in names:
+        raise SystemExit(f"--against: no method called {reference!r} in this table (there are: {', '.join(names)})")
+
+
 def paired(table: dict[str, dict], reference: str) -> Paired:
     """Each method's per-image difference from ``reference`` on the images both have a figure for:
     mean, the half-width of its 95 % interval (1.96 standard errors; normal approximation), the
     number of images, and on how many of them the method is better."""
-    if reference not in table:
-        names = ", ".join(k for k in table if not k.startswith("_"))
-        raise SystemExit(f"--against: no method called {reference!r} in this table (there are: {names})")
+    require_method(reference, [k for k in table if not k.startswith("_")])
     ref = table[reference]["per_image"]
     out: Paired = {}
     for name, row in table.items():
@@ -254,7 +263,7 @@ def evaluate_face_sizes(models: dict[str, Path], clean_dirs: list[Path], widths:
         pairs = face_size_pairs(clean_dirs, width, count, seed, offset)
         if not pairs:
             raise SystemExit(f"no held-out portraits found in {', '.join(map(str, clean_dirs))}")
-        methods: dict[str, Method] = {"input (untouched)": lambda raws, _m: [(r, None) for r in raws]}
+        methods = untouched()
         methods.update({name: pipeline_method(path) for name, path in models.items()})
         table = _run(methods, pairs)
         table["_meta"] = {"images": len(pairs), "face_width": width, "image_side": int(pairs[0][1].shape[0]), "seed": seed}  # type: ignore[assignment]
@@ -339,14 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     clean = args.clean or DEFAULT_CLEAN
     if args.against:  # say so now, not after the whole evaluation has run
         if args.face_size:
-            names = {"input (untouched)"}
+            names = list(untouched())
         elif args.no_baselines:
-            names = set()
+            names = []
         else:
-            names = set(healing_methods(1.0) if args.true_mask else baseline_methods())
-        names |= set(models)
-        if args.against not in names:
-            raise SystemExit(f"--against: no method called {args.against!r} in this table (there are: {', '.join(sorted(names))})")
+            names = list(healing_methods(1.0) if args.true_mask else baseline_methods())  # the names only: the scale does not matter
+        require_method(args.against, names + list(models))
     out: dict[str, object] = {}
     if args.face_size:
         try:
