@@ -290,15 +290,17 @@ def markdown(table: dict[str, dict[str, float | None]]) -> str:
     return "\n".join(lines)
 
 
+def difference(d: dict[str, float | int | None] | None, digits: int) -> str:
+    """One figure of paired(): "mean ± 95 % interval (better on k/n images)"; no interval from one image."""
+    if d is None:
+        return "n/a"
+    spread = "" if d["ci95"] is None else f" ± {d['ci95']:.{digits}f}"
+    return f"{d['mean']:+.{digits}f}{spread} ({d['better']}/{d['images']} better)"
+
+
 def markdown_paired(groups: dict[str, Paired], reference: str, group_header: str | None = None) -> str:
     """One row per method (and group, e.g. face width, under ``group_header``): its difference from
     ``reference`` image by image (mean ± 95 % interval, and the images on which it is better)."""
-
-    def cell(d: dict[str, float | int | None] | None, digits: int) -> str:
-        if d is None:
-            return "n/a"
-        spread = "" if d["ci95"] is None else f" ± {d['ci95']:.{digits}f}"
-        return f"{d['mean']:+.{digits}f}{spread} ({d['better']}/{d['images']} better)"
 
     lead = f"| {group_header} " if group_header else ""
     lines = [
@@ -308,7 +310,7 @@ def markdown_paired(groups: dict[str, Paired], reference: str, group_header: str
     for group, diffs in groups.items():
         for name, row in diffs.items():
             first = f"| {group} " if group_header else ""
-            lines.append(f"{first}| {name} | {cell(row['psnr'], 2)} | {cell(row['psnr_blemish'], 2)} | {cell(row['delta_e_blemish'], 2)} | {cell(row['soft_iou'], 3)} |")
+            lines.append(f"{first}| {name} | {difference(row['psnr'], 2)} | {difference(row['psnr_blemish'], 2)} | {difference(row['delta_e_blemish'], 2)} | {difference(row['soft_iou'], 3)} |")
     return "\n".join(lines)
 
 

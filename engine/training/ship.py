@@ -23,6 +23,8 @@ import argparse
 import json
 from pathlib import Path
 
+from engine.training.evaluate import difference
+
 LOSES = 3
 
 
@@ -49,10 +51,7 @@ def verdict(validation: dict, true_bundled: dict, true_candidate: dict) -> tuple
         raise SystemExit(f"the validation tables lack {exc}: were they written by ship_weights.sh?") from None
 
     def interval(key: str) -> str:
-        d = diffs.get(key)
-        if not d or d.get("ci95") is None:
-            return ""
-        return f"; image by image {d['mean']:+.2f} ± {d['ci95']:.2f} dB, better on {d['better']}/{d['images']}"
+        return f"; image by image (dB) {difference(diffs[key], 2)}" if diffs.get(key) else ""
 
     whole = diffs.get("psnr")
     checks = [
