@@ -30,6 +30,10 @@ for name in full global-attention single-scale-tokens no-prior no-unpaired; do
   ARGS+=(--model "$name ($STEPS steps)=$ROOT/$name/model.safetensors")
 done
 if [ "${EVAL:-1}" != 0 ]; then
+  # with each model's own (uncalibrated) mask, then handed the exact mask: the second isolates the
+  # fill, which is what attention, tokens and prior change
   $PY -m engine.training.evaluate "${ARGS[@]}" --no-baselines --count 100 --threads "${THREADS:-1}" \
       --against "full ($STEPS steps)" --json "$ROOT/table.json"
+  $PY -m engine.training.evaluate "${ARGS[@]}" --no-baselines --true-mask --count 100 --threads "${THREADS:-1}" \
+      --against "full ($STEPS steps)" --json "$ROOT/table-true-mask.json"
 fi
