@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The paper's ablations on one short schedule (same data, steps, batch and seed for every run),
-# then one evaluation table and each variant's difference from the full model image by image
+# then tables (own/exact mask), each variant's difference from the full model image by image
 # (95 % interval: a difference whose interval holds zero is noise). Usage: bash tests/bench/run_ablations.sh [STEPS] [RUN_ROOT]
 # Each run resumes from its checkpoint if interrupted; run the same command again.
 #   EXTRA="..."  more training arguments for every run (a GPU window: --pack runs/pack/pack.npz
