@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +202,23 @@ def test_ablation_switches_train(dataset, tmp_path) -> None:
             assert cfg.prior is False
         if "tokens=single" in extra:
             assert cfg.tokens == "single"
+
+
+def test_ablation_script_trains_the_chosen_variants_and_refuses_unknown_ones(dataset, tmp_path) -> None:
+    script = Path(__file__).resolve().parent / "bench" / "run_ablations.sh"
+    extra = f"--preset tiny --crop 48 --batch 2 --clean {dataset['clean']} --raw {dataset['raw']}"
+    env = {**os.environ, "PYTHON": sys.executable, "EXTRA": extra, "EVAL": "0", "VARIANTS": "full no-unpaired"}
+    root = tmp_path / "abl"
+    done = subprocess.run(["bash", str(script), "1", str(root)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in root.iterdir()) == ["full", "no-unpaired"]
+    for name in ("full", "no-unpaired"):
+        assert load_model(root / name / "model.safetensors").config == ModelConfig.preset("tiny")
+        assert json.loads((root / name / "log.jsonl").read_text().splitlines()[-1])["step"] == 1
+    bad = subprocess.run(["bash", str(script), "1", str(tmp_path / "bad")], env={**env, "VARIANTS": "full no-prior2"},
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown variant: no-prior2" in bad.stderr
+    assert not (tmp_path / "bad").exists()  # refused before anything trained
 
 
 def test_training_data_mixes_sources_and_respects_gamma(dataset) -> None:

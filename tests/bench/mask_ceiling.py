@@ -11,7 +11,9 @@ validation portraits (held out, after the evaluation's first 200: ``--offset``):
 * the model's mask (raw H̄ and calibrated): Soft-IoU, and as a detector at 0.5 its recall of
   blemish pixels (φ > 0.2) and its precision (what it marks that is inside a blemish, φ > 0.02);
 * the best fixed remapping ``scale · mask ** power`` of the raw mask (fitted on the same faces,
-  so an upper bound for any calibration of the mask's strength alone).
+  so an upper bound for any calibration of the mask's strength alone);
+* what the model's retouch changes, abs(x − ŷ), scaled to its maximum and over the best fixed
+  contrast (with an exact fill it would be the visible difference above).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from engine.training.evaluate import DEFAULT_CLEAN  # noqa: E402
 
 POWERS = (1.0, 1.5, 2.0, 3.0)
 SCALES = (0.2, 0.3, 0.5, 0.7, 1.0)
+CONTRASTS = (0.04, 0.08, 0.16, 0.24, 0.32, 0.48)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,8 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         with torch.inference_mode():
             enc = model.encode(x)
             raw_mask = torch.sigmoid(model.mask_logits(x, enc.recon, ema=True))[0, 0].numpy()
+            change = (model.synthesize(enc)[0] - x).abs().amax(1)[0].numpy()  # what the retouch changes
         add("model: raw H̄", metrics.soft_iou(raw_mask, true))
         add("model: calibrated (as shipped)", metrics.soft_iou(enc.mask[0, 0].numpy(), true))
+        add("model: its own change abs(x − ŷ) / its maximum", metrics.soft_iou(change / max(float(change.max()), 1e-6), true))
+        for c in CONTRASTS:
+            add(f"change {c}", metrics.soft_iou(np.clip(change / c, 0.0, 1.0), true))
         marked = raw_mask > 0.5
         add("model at 0.5: recall of blemish pixels (φ > 0.2)", float((marked & (true > 0.2)).sum() / max((true > 0.2).sum(), 1)))
         add("model at 0.5: precision (marked pixels inside a blemish, φ > 0.02)", float((marked & (true > 0.02)).sum() / max(marked.sum(), 1)))
@@ -69,11 +76,14 @@ def main(argv: list[str] | None = None) -> int:
             add(f"remap {scale} · mask ** {power}", metrics.soft_iou(scale * raw_mask**power, true))
     remaps = {k: float(np.mean(v)) for k, v in rows.items() if k.startswith("remap")}
     best = max(remaps, key=remaps.get)
+    changes = {k: float(np.mean(v)) for k, v in rows.items() if k.startswith("change ")}
+    best_c = max(changes, key=changes.get)
     print(f"| {a.weights.name}, {n} validation portraits (offset {a.offset}) | Soft-IoU against φ, or share |\n|---|---|")
     for k, v in rows.items():
-        if not k.startswith("remap"):
+        if not k.startswith(("remap", "change ")):
             print(f"| {k} | {np.mean(v):.3f} |")
     print(f"| model: best fixed remapping of the raw mask ({best[6:]}) | {remaps[best]:.3f} |")
+    print(f"| model: its own change over a fixed contrast, abs(x − ŷ) / {best_c[7:]}, clipped to 1 | {changes[best_c]:.3f} |")
     return 0
 
 

@@ -8,6 +8,8 @@
 #   MINUTES=N    stop each run after N minutes (with a checkpoint) so that five fit one command
 #   EVAL=0       train only (evaluate elsewhere: the five model.safetensors are the result)
 #   THREADS=N    CPU threads per run (default 1)
+#   VARIANTS="full no-unpaired"  train and evaluate only these (default all five; keep "full":
+#                the others are compared with it)
 set -euo pipefail
 STEPS=${1:-300}
 ROOT=${2:-runs/ablations}
@@ -21,12 +23,17 @@ declare -A RUNS=(
   [no-prior]="--set prior=false"
   [no-unpaired]="--no-unpaired"
 )
-for name in full global-attention single-scale-tokens no-prior no-unpaired; do
+# shellcheck disable=SC2206
+NAMES=(${VARIANTS:-full global-attention single-scale-tokens no-prior no-unpaired})
+for name in "${NAMES[@]}"; do
+  [ -n "${RUNS[$name]+set}" ] || { echo "unknown variant: $name (one of: ${!RUNS[*]})" >&2; exit 2; }
+done
+for name in "${NAMES[@]}"; do
   # shellcheck disable=SC2086
   OMP_WAIT_POLICY=PASSIVE $PY -m engine.training.train --run "$ROOT/$name" "${COMMON[@]}" ${RUNS[$name]}
 done
 ARGS=()
-for name in full global-attention single-scale-tokens no-prior no-unpaired; do
+for name in "${NAMES[@]}"; do
   ARGS+=(--model "$name ($STEPS steps)=$ROOT/$name/model.safetensors")
 done
 if [ "${EVAL:-1}" != 0 ]; then
