@@ -74,16 +74,20 @@ def main(argv: list[str] | None = None) -> int:
         add("model at 0.5: precision (marked pixels inside a blemish, φ > 0.02)", float((marked & (true > 0.02)).sum() / max(marked.sum(), 1)))
         for power, scale in itertools.product(POWERS, SCALES):
             add(f"remap {scale} · mask ** {power}", metrics.soft_iou(scale * raw_mask**power, true))
-    remaps = {k: float(np.mean(v)) for k, v in rows.items() if k.startswith("remap")}
-    best = max(remaps, key=remaps.get)
-    changes = {k: float(np.mean(v)) for k, v in rows.items() if k.startswith("change ")}
-    best_c = max(changes, key=changes.get)
+    def best(prefix: str) -> tuple[str, float]:
+        """The setting (key without ``prefix``) with the highest mean among rows named ``prefix ...``."""
+        means = {k[len(prefix):]: float(np.mean(v)) for k, v in rows.items() if k.startswith(prefix)}
+        key = max(means, key=means.get)
+        return key, means[key]
+
     print(f"| {a.weights.name}, {n} validation portraits (offset {a.offset}) | Soft-IoU against φ, or share |\n|---|---|")
     for k, v in rows.items():
-        if not k.startswith(("remap", "change ")):
+        if not k.startswith(("remap ", "change ")):
             print(f"| {k} | {np.mean(v):.3f} |")
-    print(f"| model: best fixed remapping of the raw mask ({best[6:]}) | {remaps[best]:.3f} |")
-    print(f"| model: its own change over a fixed contrast, abs(x − ŷ) / {best_c[7:]}, clipped to 1 | {changes[best_c]:.3f} |")
+    remap, value = best("remap ")
+    print(f"| model: best fixed remapping of the raw mask ({remap}) | {value:.3f} |")
+    contrast, value = best("change ")
+    print(f"| model: its own change over a fixed contrast, abs(x − ŷ) / {contrast}, clipped to 1 | {value:.3f} |")
     return 0
 
 
