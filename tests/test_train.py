@@ -145,6 +145,28 @@ def test_mask_only_stage_trains_only_the_mask_net(dataset, tmp_path) -> None:
     assert history[-1]["from_step"] == 2 and "stage" not in history[-1] and "stage" in history[-2]
 
 
+def test_fill_only_stage_trains_the_fill_and_leaves_the_mask_as_it_was(dataset, tmp_path) -> None:
+    first = tmp_path / "first"
+    train(_args(dataset, first, 2))
+    before = load_model(first / "model.safetensors").state_dict()
+    run = tmp_path / "fill"
+    train(_args(dataset, run, 2, "--init", str(first / "last.pt"), "--only", "fill", "--lr", "1e-3", "--adv-start", "1", "--hold-tone", "10"))
+    model = load_model(run / "model.safetensors")
+    after = model.state_dict()
+    changed = {k.split(".")[0] for k, v in before.items() if not torch.equal(v, after[k])}
+    # the fill learns; E, the prior and both mask nets (H̄ gets no EMA step from a frozen H) stay bit for bit
+    assert changed == {"tokens", "transformer", "synthesis"}, changed
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert {"x2y", "fill", "hold_tone", "adv_g", "d"} <= set(log[-1])  # the fill's terms, and D trains beside it
+    assert not {"prior", "rec", "mask_reg", "mask_bce", "mask_iou", "mask_unpaired"} & set(log[-1])
+    state = torch.load(run / "last.pt", weights_only=False)
+    assert "--only fill" in state["history"][-1]["stage"] and state["only"] == "fill"
+    fill_params = sum(1 for part in (model.tokens, model.transformer, model.synthesis) for _ in part.parameters())
+    assert len(state["opt_g"]["param_groups"][0]["params"]) == fill_params
+    with pytest.raises(SystemExit, match="--only fill"):  # not to be resumed as another kind of stage
+        train(_args(dataset, run, 3, "--only", "mask"))
+
+
 def test_fill_outside_term_is_logged_only_when_asked(dataset, tmp_path) -> None:
     train(_args(dataset, tmp_path / "off", 1))
     train(_args(dataset, tmp_path / "on", 1, "--fill-outside", "10"))

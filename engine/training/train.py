@@ -31,7 +31,10 @@ Runs on CPU or CUDA; under torchrun it uses DistributedDataParallel with no code
 Checkpoints (model, discriminator, optimisers, schedulers, step, RNG) are written atomically to
 RUN_DIR/last.pt and resumed automatically; the generator is exported to RUN_DIR/model.safetensors.
 --init starts a new run (fresh optimisers, schedule and step count) from an earlier run's weights,
-for a warm restart with a new learning rate, crop size or loss weights.
+for a warm restart with a new learning rate, crop size or loss weights. --only makes it a
+refinement stage of one part: 'mask' trains H alone, 'fill' the token projection, T and G (with D
+beside them) while E, the prior, H and H̄ stay as they were, so the mask a photographer sees does
+not move and the stage can take larger crops for the same time.
 """
 from __future__ import annotations
 
@@ -82,7 +85,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--lam", type=float, default=0.5, help="λ: weight of the unpaired mask term")
     p.add_argument("--iou", type=float, default=1.0, help="weight of the soft-Jaccard mask term (0: off)")
     p.add_argument("--conf", type=float, default=1.0, help="weight of the binary confidence term of L_H on paired data")
-    p.add_argument("--only", choices=["all", "mask"], default="all", help="'mask': a refinement stage that trains only the mask net H (and H̄ by EMA); the rest stays frozen")
+    p.add_argument("--only", choices=["all", "mask", "fill"], default="all", help="'mask': a refinement stage that trains only the mask net H (and H̄ by EMA); 'fill': one that trains only the fill (token projection, transformer T, synthesis G; and D), with E, the prior and H, H̄ frozen, so the mask stays as it was")
     p.add_argument("--init", type=Path, help="start a new run from these weights (model .safetensors, or a run's last.pt for the discriminator too)")
     p.add_argument("--state", type=Path, help="the committed training state (e.g. resources/training/state.pt): resumed from when the run has no last.pt yet, rewritten (compact) at every checkpoint")
     p.add_argument("--fill-outside", type=float, default=0.0, help="L1 weight of the raw synthesis against y outside the blemishes (robustness to masks that are too wide)")
@@ -143,16 +146,20 @@ class GeneratorStep(nn.Module):
         m, a = self.model, self.args
         if a.only == "mask":
             return self._mask_only(xa, phi, xu)
+        fill_only = a.only == "fill"
+        frozen = torch.no_grad() if fill_only else contextlib.nullcontext()  # --only fill: E and the prior as they are
         out: dict[str, torch.Tensor] = {}
-        # L_prior + L_con^rec on clean images y
-        feats_y = m.encoder(y)
-        prior_y = m.prior(feats_y, y)
-        out["prior"] = prior_y.loss
-        out["rec"] = losses.content(y, prior_y.recon, a.eta) if m.config.prior else y.new_zeros(())
+        if not fill_only:  # L_prior + L_con^rec on clean images y
+            feats_y = m.encoder(y)
+            prior_y = m.prior(feats_y, y)
+            out["prior"] = prior_y.loss
+            out["rec"] = losses.content(y, prior_y.recon, a.eta) if m.config.prior else y.new_zeros(())
         # paired: mask terms and L_con^x2y
-        feats = m.encoder(xa)
-        recon = m.prior(feats, xa).recon.detach()
-        self._mask_losses(xa, phi, recon, out)
+        with frozen:
+            feats = m.encoder(xa)
+            recon = m.prior(feats, xa).recon.detach()
+        if not fill_only:
+            self._mask_losses(xa, phi, recon, out)
         with torch.no_grad():
             pred = torch.sigmoid(m.mask_logits(xa, recon, ema=True))
         used = torch.where(use_gt[:, None, None, None], phi, pred)
@@ -169,9 +176,10 @@ class GeneratorStep(nn.Module):
         out["y_hat"], out["used_mask"], out["synth"] = ya_hat, used, synth
         # unpaired raw images: mask consistency with the EMA teacher, and outputs for the adversary
         if xu is not None:
-            fu = m.encoder(xu)
-            ru = m.prior(fu, xu).recon.detach()
-            teacher = self._unpaired_mask(xu, ru, out)
+            with frozen:
+                fu = m.encoder(xu)
+                ru = m.prior(fu, xu).recon.detach()
+            teacher = self._unpaired_mask(xu, ru, out, train_mask=not fill_only)
             tu = m.tokens(fu)  # one token projection for the teacher's fill and the brushed one
             fr = m.transformer(tu, m.token_weights(teacher, fu[3]))
             out["yu_hat"], _ = m.synthesis(fr, fu, xu, teacher)
@@ -193,11 +201,13 @@ class GeneratorStep(nn.Module):
         out["mask_iou"] = a.iou * losses.soft_jaccard(torch.sigmoid(logits), phi)
         return logits
 
-    def _unpaired_mask(self, xu: torch.Tensor, ru: torch.Tensor, out: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _unpaired_mask(self, xu: torch.Tensor, ru: torch.Tensor, out: dict[str, torch.Tensor], train_mask: bool = True) -> torch.Tensor:
+        """H̄'s mask of the raw photos xu, and (``train_mask``) H's consistency term with it."""
         m, a = self.model, self.args
         with torch.no_grad():
             teacher = torch.sigmoid(m.mask_logits(xu, ru, ema=True))
-        out["mask_unpaired"] = a.lam * losses.soft_bce(m.mask_logits(xu, ru, ema=False), teacher)
+        if train_mask:
+            out["mask_unpaired"] = a.lam * losses.soft_bce(m.mask_logits(xu, ru, ema=False), teacher)
         return teacher
 
     def _mask_only(self, xa: torch.Tensor, phi: torch.Tensor, xu: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -325,8 +335,11 @@ def train(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed + rank)
     model = RetouchFormer(cfg).to(dev)
     disc = PixelDiscriminator(cfg).to(dev)
-    trained = model.masknet.online if args.only == "mask" else model
-    gen_params = [p for p in trained.parameters() if p.requires_grad]
+    trained: list[nn.Module] = {
+        "mask": [model.masknet.online],
+        "fill": [model.tokens, model.transformer, model.synthesis],
+    }.get(args.only, [model])
+    gen_params = [p for part in trained for p in part.parameters() if p.requires_grad]
     opt_g = torch.optim.Adam(gen_params, lr=args.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=args.lr, betas=(0.5, 0.999))
     sched_g = torch.optim.lr_scheduler.CosineAnnealingLR(opt_g, T_max=args.steps, eta_min=args.lr * 0.05)
@@ -414,7 +427,7 @@ def train(args: argparse.Namespace) -> Path:
         use_gt = torch.from_numpy(rng.random(xa.shape[0]) < args.gt_mask_prob).to(dev)
         with amp:
             out = gstep(y, xa, phi, xu, use_gt)
-        adv_on = step >= args.adv_start and args.only == "all"
+        adv_on = step >= args.adv_start and args.only != "mask"
         loss_names = ["prior", "rec", "mask_reg", "mask_bce", "mask_iou", "x2y", "fill", "fill_outside", "hold_tone", "mask_unpaired"]
         g_loss = sum(out[k] for k in loss_names if k in out)
         if adv_on:  # L_adv^syn through D (not its DDP wrapper: D is not updated here)
@@ -431,7 +444,8 @@ def train(args: argparse.Namespace) -> Path:
         torch.nn.utils.clip_grad_norm_(gen_params, 1.0)
         opt_g.step()
         sched_g.step()
-        model.ema_update()
+        if args.only != "fill":  # (H is frozen in a fill stage: H̄ stays as it is too)
+            model.ema_update()
         if adv_on:  # L_adv^disc: real clean pixels vs. synthesised and blemish pixels
             opt_d.zero_grad(set_to_none=True)
             m_used = out["used_mask"].detach()

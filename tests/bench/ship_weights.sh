@@ -12,8 +12,9 @@
 # RUN_DIR is the run being trained (its last.pt and model.safetensors): its state is exported to
 # resources/training/ first. RUN_DIR may also be the committed state file itself
 # (resources/training/state.pt), when the run directory of an earlier session is gone: its weights
-# are the candidate. OUT_DIR (default runs/ship) gets the candidate, the validation and evaluation
-# tables. Copying the candidate over
+# are the candidate. STATE=keep leaves the committed state as it is (a run beside the main one, such
+# as a fill-only stage from the shipped weights). OUT_DIR (default runs/ship) gets the candidate,
+# the validation and evaluation tables. Copying the candidate over
 # resources/models/small.safetensors is left to the person running this, when validation says so
 # and real photos agree: `python tests/bench/brush_lightness.py --weights bundled=... --weights
 # candidate=OUT_DIR/candidate.safetensors` (a paler fill under a brushed mask, which synthetic
@@ -32,7 +33,9 @@ if [ -f "$RUN" ]; then  # a committed state: its weights
   $PY -m engine.training.state weights "$RUN" "$WEIGHTS"
 else
   WEIGHTS="$RUN/model.safetensors"
-  $PY -m engine.training.state export "$RUN/last.pt" resources/training/state.pt
+  if [ "${STATE:-export}" != keep ]; then
+    $PY -m engine.training.state export "$RUN/last.pt" resources/training/state.pt
+  fi
 fi
 $PY -m engine.training.calibrate "$WEIGHTS" --count "$CAL" --offset 200 --out "$OUT/candidate.safetensors" | tee "$OUT/calibration.md"
 # validation: the whole pipeline, the bundled weights against the candidate (and the candidate's
