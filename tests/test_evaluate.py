@@ -176,13 +176,19 @@ def test_calibrate_picks_a_mask_floor_on_validation_faces(setup, capsys, tmp_pat
 
 
 def test_calibration_choice_never_harms_the_whole_photo() -> None:
-    from engine.training.calibrate import choose
+    from engine.training.calibrate import LEVEL_DB, choose
 
     untouched = (41.0, 25.0)
     table = {(0.0, 0.0): (40.0, 29.0, 0.3),   # best inside, but worse than untouched overall
              (4.0, 0.0): (41.5, 27.0, 0.2),   # safe, more taken out of the blemishes
              (8.0, 0.0): (42.0, 26.0, 0.1)}   # safest, but leaves more of them
     assert choose(table, untouched) == (4.0, 0.0)
+    # a setting level in the blemishes (within LEVEL_DB) that leaves the whole photo better wins
+    level = {**table, (12.0, 0.0): (41.2, 27.0 + 0.5 * LEVEL_DB, 0.2)}
+    assert choose(level, untouched) == (4.0, 0.0)
+    # one clearly ahead in the blemishes still wins over a better whole photo
+    ahead = {**table, (12.0, 0.0): (41.2, 27.0 + 2 * LEVEL_DB, 0.2)}
+    assert choose(ahead, untouched) == (12.0, 0.0)
     # nothing safe: the best sum of the two
     assert choose({k: (v[0] - 5, v[1], v[2]) for k, v in table.items()}, untouched) == (0.0, 0.0)
 
