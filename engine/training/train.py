@@ -335,11 +335,11 @@ def train(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed + rank)
     model = RetouchFormer(cfg).to(dev)
     disc = PixelDiscriminator(cfg).to(dev)
-    trained: list[nn.Module] = {
+    parts: list[nn.Module] = {  # what the stage trains
         "mask": [model.masknet.online],
         "fill": [model.tokens, model.transformer, model.synthesis],
     }.get(args.only, [model])
-    gen_params = [p for part in trained for p in part.parameters() if p.requires_grad]
+    gen_params = [p for part in parts for p in part.parameters() if p.requires_grad]
     opt_g = torch.optim.Adam(gen_params, lr=args.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=args.lr, betas=(0.5, 0.999))
     sched_g = torch.optim.lr_scheduler.CosineAnnealingLR(opt_g, T_max=args.steps, eta_min=args.lr * 0.05)
