@@ -34,7 +34,7 @@ RUN_DIR/last.pt and resumed automatically; the generator is exported to RUN_DIR/
 for a warm restart with a new learning rate, crop size or loss weights. --only makes it a
 refinement stage of one part: 'mask' trains H alone, 'fill' the token projection, T and G (with D
 beside them) while E, the prior, H and H̄ stay as they were, so the mask a photographer sees does
-not move and the stage can take larger crops for the same time.
+not move while the fill learns (at larger crops, say).
 """
 from __future__ import annotations
 
