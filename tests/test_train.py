@@ -373,6 +373,41 @@ def test_init_across_the_anchor_change(dataset, tmp_path) -> None:
     assert not new["synthesis.out.weight"].any() and not new["synthesis.out.bias"].any()
 
 
+def test_fit_to_time_ends_the_cosine_when_the_window_does(dataset, tmp_path, monkeypatch) -> None:
+    """--fit-to-time (a GPU window of unknown speed): after a probe of a few steps the schedule's
+    length becomes what the rest of --max-minutes allows, the learning rate reaches its floor at the
+    last step before the time is up, and running the command again finds the stage over."""
+    import types
+
+    from engine.training import train as train_mod
+
+    clock = {"now": 1000.0}
+
+    def tick() -> float:  # every reading of the clock is one second later: a steady, known speed
+        clock["now"] += 1.0
+        return clock["now"]
+
+    monkeypatch.setattr(train_mod, "time", types.SimpleNamespace(time=tick, strftime=train_mod.time.strftime))
+    monkeypatch.setattr(train_mod.FitToTime, "WARMUP", 2)
+    monkeypatch.setattr(train_mod.FitToTime, "PROBE", 5)
+    run = tmp_path / "window"
+    extra = ("--max-minutes", "1", "--fit-to-time", "--lr", "1e-3", "--ckpt-every", "1000", "--grid-every", "1000")
+    train(_args(dataset, run, 1000, *extra))
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    last = log[-1]
+    assert 10 < last["step"] < 60  # fitted: far short of --steps 1000, beyond the probe
+    assert last["time"] < 60  # ended by its (fitted) length, inside the window
+    assert last["lr"] == pytest.approx(1e-3 * 0.05, rel=1e-3)  # the cosine's floor at the last step
+    assert log[10]["lr"] > 0.5e-3  # and not before
+    assert [r["step"] for r in log] == list(range(1, last["step"] + 1))
+    state = torch.load(run / "last.pt", weights_only=False)
+    assert state["step"] == last["step"] == state["sched_g"]["T_max"]
+    # the same command again: the fitted length is kept, so there is nothing left to train
+    train(_args(dataset, run, 1000, *extra))
+    assert len((run / "log.jsonl").read_text().splitlines()) == len(log)
+    assert torch.load(run / "last.pt", weights_only=False)["step"] == last["step"]
+
+
 def test_pack_and_parallel_training_as_on_a_gpu_window(dataset, tmp_path) -> None:
     """The GPU window's two commands, on the CPU with a few steps: a pack of the portraits at the
     working scale within a size budget, then training from it with batches made in worker

@@ -103,6 +103,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--ckpt-every", type=int, default=200)
     p.add_argument("--grid-every", type=int, default=500)
     p.add_argument("--max-minutes", type=float, default=0, help="stop (with a checkpoint) after this wall time; run again to resume")
+    p.add_argument("--fit-to-time", action="store_true", help="with --max-minutes, for a new run or stage: after the first steps, the schedule's length (--steps) becomes the steps the remaining time allows at the measured speed, so that the cosine ends when the time does (a GPU window of unknown speed)")
     p.add_argument("--stop-at", type=int, default=0, help="stop (with a checkpoint) after this step; run again to resume")
     return p
 
@@ -316,6 +317,35 @@ def _initialise(model: RetouchFormer, disc: PixelDiscriminator, path: Path, cfg:
     return list(state.get("history", []))
 
 
+class FitToTime:
+    """--fit-to-time: measure the speed over steps WARMUP..WARMUP+PROBE of a new run, then give the
+    cosine schedule (and the run) the length that the rest of --max-minutes allows, less MARGIN for
+    the checkpoints, so that the learning rate has come down when the time is up."""
+
+    WARMUP, PROBE, MARGIN = 10, 30, 0.93
+
+    def __init__(self, args: argparse.Namespace, step: int, started: float) -> None:
+        self.args, self.first, self.started, self.t0 = args, step, started, None
+
+    def due(self, step: int) -> bool:
+        if step == self.first + self.WARMUP:
+            self.t0 = time.time()
+        return step == self.first + self.WARMUP + self.PROBE
+
+    def apply(self, step: int, schedulers: tuple[Any, ...], dev: torch.device | None) -> None:
+        now = time.time()
+        rate = self.PROBE / max(now - self.t0, 1e-6)
+        left = self.args.max_minutes * 60 - (now - self.started)
+        total = step + max(1, int(rate * left * self.MARGIN))
+        if dev is not None:  # every rank takes the same length (the shortest)
+            t = torch.tensor(float(total), device=dev)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+            total = int(t.item())
+        for sched in schedulers:  # the recursive cosine goes on from here towards the new end
+            sched.T_max = sched.last_epoch + total - step
+        self.args.steps = total
+
+
 def train(args: argparse.Namespace) -> Path:
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank = 0
@@ -346,6 +376,7 @@ def train(args: argparse.Namespace) -> Path:
     sched_d = torch.optim.lr_scheduler.CosineAnnealingLR(opt_d, T_max=args.steps, eta_min=args.lr * 0.05)
     rng = np.random.default_rng(args.seed + 1000 * rank)
     step = 0
+    fitted_steps = None  # the run's length when --fit-to-time set it
     ckpt = run / "last.pt"
     history: list[dict[str, Any]] = []
     committed = args.state if args.state is not None and args.state.exists() else None
@@ -379,6 +410,8 @@ def train(args: argparse.Namespace) -> Path:
         sched_g.load_state_dict(state["sched_g"])
         sched_d.load_state_dict(state["sched_d"])
         step = state["step"]
+        if state.get("fitted_steps"):  # a schedule fitted to a time window (--fit-to-time) keeps its length
+            args.steps = fitted_steps = int(state["fitted_steps"])
         rng = np.random.default_rng()
         rng.bit_generator.state = state["np_rng"]
         torch.set_rng_state(state["torch_rng"])
@@ -420,6 +453,7 @@ def train(args: argparse.Namespace) -> Path:
         batches = data.batches(args.batch, n_unpaired, rng)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if (args.amp and dev.type == "cuda") else contextlib.nullcontext()
     model.train()
+    fit = FitToTime(args, step, started) if (args.fit_to_time and args.max_minutes and step == 0) else None
     while step < args.steps:
         batch = next(batches)
         y, xa, phi = _to(batch.clean, dev), _to(batch.raw, dev), _to(batch.mask, dev)
@@ -464,6 +498,11 @@ def train(args: argparse.Namespace) -> Path:
             out["d"] = d_loss.detach()
             sched_d.step()
         step += 1
+        if fit is not None and fit.due(step):
+            fit.apply(step, (sched_g, sched_d), dev if distributed else None)
+            fit, fitted_steps = None, args.steps
+            if rank == 0:
+                print(f"\nthe schedule fits the time left: {args.steps} steps", file=sys.stderr)
         stop = bool(args.max_minutes and (time.time() - started) > args.max_minutes * 60) or step == args.stop_at
         if distributed:  # every rank stops at the same step, or the others would wait forever
             flag = torch.tensor(float(stop), device=dev)
@@ -502,6 +541,7 @@ def train(args: argparse.Namespace) -> Path:
                     "py_rng": random.getstate(),
                     "history": history,
                     "only": args.only,
+                    **({"fitted_steps": fitted_steps} if fitted_steps else {}),
                 }
                 _atomic_torch_save(full, ckpt)
                 if args.state is not None:
