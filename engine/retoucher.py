@@ -53,7 +53,7 @@ from engine.compositor import Box, Correction, clip_box, composite as _composite
 from engine.errors import Cancelled, ImageError, RetouchError
 from engine.model.checkpoint import load_model
 from engine.model.config import ModelConfig
-from engine.model.fill import anchor_fill_np
+from engine.model.fill import TONE_MM, anchor_fill_np, hold_tone_np
 from engine.model.retouchformer import Encoded, RetouchFormer
 from engine.paths import default_weights_path
 from engine.features import protection
@@ -190,6 +190,10 @@ class Retoucher:
         self.model = model.eval()
         self._device = device
         self.n = int(model.config.image_size)
+        #: Scale (working px) of the tone that clean skin under a brush keeps
+        #: (engine.model.fill.hold_tone); 0 turns the hold off (benchmarks compare with it; set
+        #: it before ``analyze``: an analysis remembers its edits' syntheses).
+        self.tone_sigma = TONE_MM * float(model.config.work_px_per_mm)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -281,6 +285,10 @@ class Retoucher:
             state.memo.move_to_end(crop)
             return hit[1]
         out = self._synth_delta(state, self._tensor(m_crop), crop)
+        if self.tone_sigma > 0:  # clean skin under the brush keeps the photo's tone
+            x0, y0, x1, y1 = crop
+            x = state.x_n[y0:y1, x0:x1]
+            out = hold_tone_np(x, x + out, m_crop, state.mask_n[y0:y1, x0:x1], self.tone_sigma) - x
         state.memo[crop] = (m_crop.copy(), out)
         while len(state.memo) > SYNTH_MEMO:
             state.memo.popitem(last=False)
@@ -620,7 +628,10 @@ class Retoucher:
         ch = changed[fy0:fy1, fx0:fx1]
         m_in = np.where(ch, user[fy0:fy1, fx0:fx1], state.mask_n[fy0:fy1, fx0:fx1]).astype(np.float32)
         x = state.x_n[fy0:fy1, fx0:fx1]
-        filled = anchor_fill_np(x, m_in, float(self.model.synthesis.texture_sigma)) - x
+        filled = anchor_fill_np(x, m_in, float(self.model.synthesis.texture_sigma))
+        if self.tone_sigma > 0:
+            filled = hold_tone_np(x, filled, m_in, state.mask_n[fy0:fy1, fx0:fx1], self.tone_sigma)
+        filled = filled - x
         c = pl.edit_blend(ch)
         ix0, iy0, ix1, iy1 = inner
         sl = (slice(iy0 - fy0, iy1 - fy0), slice(ix0 - fx0, ix1 - fx0))

@@ -106,3 +106,63 @@ def test_colour_lock_keeps_the_fill_colour_and_lets_texture_through() -> None:
         checker = ((torch.arange(64)[:, None] + torch.arange(64)[None]) % 2).float() * 0.1 - 0.05
         hp = checker - gaussian_blur(checker[None, None], y.lock_sigma)[0, 0]
         assert (hp - checker).abs().mean() < 0.2 * checker.abs().mean()
+
+
+def _blushed_cluster(size: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Textured skin that is redder and darker in the middle (a flushed cheek), five red papules on
+    the flush, a brush over the whole cluster; (clean, raw, brush, each papule's mask)."""
+    clean, _, _ = _skin_with_spot(seed=3, size=size)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    c = size / 2
+    flush = np.exp(-((yy - c) ** 2 + (xx - c) ** 2) / (2 * 30.0**2))[..., None]
+    clean = np.clip(clean * (1.0 - flush * np.array([0.08, 0.24, 0.20], np.float32)), 0, 1).astype(np.float32)
+    raw, spots = clean.copy(), []
+    for sy, sx in ((c - 14, c - 12), (c + 10, c - 16), (c, c + 4), (c - 18, c + 16), (c + 16, c + 14)):
+        alpha = np.clip(1.2 - np.sqrt((yy - sy) ** 2 + (xx - sx) ** 2) / 4.0, 0, 1).astype(np.float32)
+        raw = raw + alpha[..., None] * (clean * np.array([0.95, 0.65, 0.68], np.float32) - raw)
+        spots.append(alpha)
+    brush = np.zeros((size, size), np.float32)
+    brush[int(c) - 34 : int(c) + 34, int(c) - 34 : int(c) + 34] = 1.0
+    brush = cv2.GaussianBlur(brush, (0, 0), 1.5)
+    return clean, raw.astype(np.float32), brush, spots
+
+
+def test_clean_skin_under_a_broad_brush_keeps_its_tone_and_the_spots_are_still_filled() -> None:
+    """The fill of a broad brush takes the border's colour: over a flushed cheek, a pale patch.
+    The tone hold puts the photo's own tone back on the clean skin under the brush (within 0.5 L*,
+    where the plain fill is over 1 L* off), and the papules, which the mask net marks, come out
+    closer to the clean skin than with the plain fill."""
+    from engine.model.fill import TONE_MM, hold_tone_np
+
+    clean, raw, brush, spots = _blushed_cluster()
+    pred = np.maximum.reduce(spots)
+    sigma = TONE_MM * 1.6
+    fill = anchor_fill_np(raw, brush)
+    held = hold_tone_np(raw, fill, brush, pred, sigma)
+    blend = lambda synth: raw + brush[..., None] * (synth - raw)  # noqa: E731
+    between = (brush > 0.9) & (pred < 0.02)
+    L = lambda im: cv2.cvtColor(im, cv2.COLOR_RGB2Lab)[..., 0]  # noqa: E731
+    assert abs(L(blend(fill))[between].mean() - L(clean)[between].mean()) > 1.0
+    assert abs(L(blend(held))[between].mean() - L(clean)[between].mean()) < 0.5
+    spot = pred > 0.5
+    assert mean_delta_e(raw, clean, spot) > 8.0
+    assert mean_delta_e(blend(held), clean, spot) < min(2.0, mean_delta_e(blend(fill), clean, spot))
+    # outside the brush nothing changes once blended in, and a fill that is already right stays so
+    assert np.array_equal(blend(held)[brush == 0], raw[brush == 0])
+    same = hold_tone_np(clean, clean, brush, np.zeros_like(pred), sigma)
+    assert np.abs(same - clean).max() < 1e-5
+
+
+def test_a_spot_the_mask_net_missed_is_still_filled_under_the_tone_hold() -> None:
+    """A photographer brushes over a papule the mask net did not see: its own colour is a local
+    outlier of the photo and hardly enters the tone, so it is filled as without the hold."""
+    from engine.model.fill import TONE_MM, hold_tone_np
+
+    clean, raw, brush, spots = _blushed_cluster()
+    pred = np.maximum.reduce(spots[1:])  # the first papule missed
+    held = hold_tone_np(raw, anchor_fill_np(raw, brush), brush, pred, TONE_MM * 1.6)
+    out = raw + brush[..., None] * (held - raw)
+    missed = spots[0] > 0.5
+    assert mean_delta_e(raw, clean, missed) > 8.0
+    plain = raw + brush[..., None] * (anchor_fill_np(raw, brush) - raw)
+    assert mean_delta_e(out, clean, missed) < min(2.0, mean_delta_e(plain, clean, missed) + 0.5)

@@ -295,6 +295,9 @@ def test_overlapping_faces_blend_without_seams(tmp_path, monkeypatch):
     save_model(model, tmp_path / "const.safetensors")
     r = Retoucher.load(tmp_path / "const.safetensors", device="cpu")
     monkeypatch.setattr(faces_mod, "detect", lambda image, **kw: [fake_face((100, 120, 220, 240)), fake_face((190, 120, 310, 240))])
+    # a constant correction is what this test follows through the blending; the tone hold would
+    # (rightly) take it back off skin the mask net calls clean
+    r.tone_sigma = 0.0
     img = np.full((400, 480, 3), 100, np.uint8)  # grey: no skin colour, so no skin tiles
     a = r.analyze(img)
     assert a.message.startswith("2 faces found") and len(a.regions) == 2
@@ -601,3 +604,32 @@ def test_correction_update_and_rect_composite():
     np.testing.assert_array_equal(out, expected)
     np.testing.assert_array_equal(composite(img, merged, 0.5, rect=(8, 3, 33, 27)), composite(img, merged, 0.5)[3:27, 8:33])
     assert c.update(Correction(shape, np.dtype(np.uint8), [], rect=None)).patches == []  # a full one replaces all
+
+
+def test_a_broad_brush_over_a_flushed_cheek_leaves_no_pale_patch(app_retoucher, make_portrait, monkeypatch):
+    """The bundled model under a photographer's broad brush (a disc around a spot, on skin that
+    is redder and darker there): the clean skin under the brush keeps the photo's lightness
+    (within 0.5 L*), through the whole run-time path. Without the tone hold
+    (engine.model.fill.hold_tone) the fill takes the brush border's paler tone."""
+    img, spots = make_portrait(1024, 768, seed=0)
+    r = app_retoucher
+    px_per_mm = r.analyze(img).plan.px_per_mm
+    x, y, _ = spots[0]
+    h, w = img.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    s = 8 * px_per_mm
+    flush = np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * s * s))[..., None]
+    photo = np.clip(img * (1 - flush * np.array([0.05, 0.15, 0.12])), 0, 255).round().astype(np.uint8)
+    a = r.analyze(photo)
+    brush = cv2.GaussianBlur(((yy - y) ** 2 + (xx - x) ** 2 <= (1.6 * s) ** 2).astype(np.float32), (0, 0), px_per_mm)
+    between = (brush > 0.9) & (a.mask < 0.05)
+    assert between.sum() > 2000
+
+    def lightness_shift(out: np.ndarray) -> float:
+        L = lambda im: cv2.cvtColor(im, cv2.COLOR_RGB2Lab)[..., 0].astype(np.float32) * 100 / 255  # noqa: E731
+        return float(L(out)[between].mean() - L(photo)[between].mean())
+
+    held = lightness_shift(r.composite(photo, r.render(a, brush), 1.0))
+    monkeypatch.setattr(r, "tone_sigma", 0.0)  # the hold off (before the analysis, which remembers syntheses)
+    plain = lightness_shift(r.composite(photo, r.render(r.analyze(photo), brush), 1.0))
+    assert abs(held) < 0.5 < plain

@@ -7,7 +7,8 @@ A photographer brushes over a whole acne cluster (the first weights' predicted m
 grown by 2 mm: ``make_brush_figure.brushed_mask``), so the fill covers clean skin between the
 spots as well. On that clean skin (inside the brush, predicted mask below 0.05) the retouched
 photo should keep the photo's lightness: the mean CIELAB L* shift there is printed per photo and
-per weights (positive = paler). Synthetic validation cannot see this (its clean skin is the
+per weights (positive = paler), and beside them for OpenCV's Telea inpainting of the same brush
+(the classical fill a photographer already has). Synthetic validation cannot see this (its clean skin is the
 target); run it before shipping new weights beside ``ship_weights.sh``. The candidate ships when
 its mean shift is within ±1 L* and its mean absolute shift is no larger than the bundled weights'.
 """
@@ -17,8 +18,9 @@ import argparse
 
 import numpy as np
 
-from engine.imageio import load_image, to_float
+from engine.imageio import from_float, load_image, to_float
 from engine.retoucher import Retoucher
+from engine.training.baselines import telea_heal
 from engine.training.metrics import srgb_to_lab
 from make_brush_figure import DATA, brushed_mask
 
@@ -41,15 +43,16 @@ def main() -> None:
     args = ap.parse_args()
     models = [(n, Retoucher.load(p, device="cpu")) for n, p in (w.split("=", 1) for w in args.weights)]
     shifts: dict[str, list[float]] = {n: [] for n, _ in models}
-    print("| photo | " + " | ".join(f"{n}: L* shift on clean skin under the brush" for n, _ in models) + " |")
-    print("|---|" + "---|" * len(models))
+    shifts["Telea"] = []
+    print("| photo | " + " | ".join(f"{n}: L* shift on clean skin under the brush" for n in shifts) + " |")
+    print("|---|" + "---|" * len(shifts))
     for name in [n.strip() for n in args.names.split(",") if n.strip()]:
         photo = load_image(DATA / name).pixels
         first = models[0][1].analyze(photo)
         mask = brushed_mask(first.mask, first.plan.px_per_mm)
         between = (mask > 0.9) & (first.mask < 0.05)
         if not between.any():
-            print(f"| {name} | " + " | ".join("n/a" for _ in models) + " |")
+            print(f"| {name} | " + " | ".join("n/a" for _ in shifts) + " |")
             continue
         before = lightness(photo)[between].mean()
         cells = []
@@ -58,6 +61,9 @@ def main() -> None:
             after = lightness(r.composite(photo, r.render(a, mask), 1.0))[between].mean()
             shifts[n].append(float(after - before))
             cells.append(f"{after - before:+.2f}")
+        telea = from_float(telea_heal(to_float(photo), mask, first.plan.px_per_mm), photo.dtype)
+        shifts["Telea"].append(float(lightness(telea)[between].mean() - before))
+        cells.append(f"{shifts['Telea'][-1]:+.2f}")
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
     print("| mean (mean absolute) | " + " | ".join(f"{np.mean(v):+.2f} ({np.mean(np.abs(v)):.2f})" for v in shifts.values()) + " |")
 

@@ -1,12 +1,14 @@
 """A brushed mask over a whole acne cluster on a real photo, healed by each set of weights and by Telea.
 
-    python tests/bench/make_brush_figure.py --weights NAME=W [--weights NAME=W ...]
+    python tests/bench/make_brush_figure.py --weights NAME=W [--weights NAME=W ...] [--without-hold]
                                             [--name acne04_0010.jpg] [--out resources/docs/brush_figure.png]
 
 What a photographer does when the predicted mask is patchy: brush over the whole cluster. The
 brushed mask is the predicted mask of the first weights above 0.15, grown by 2 mm and softened
 (0.7 mm), the same for every column; each set of weights renders it through the engine API
 (Retoucher.analyze -> render(mask) -> composite at strength 1), then Telea inpainting heals it.
+``--without-hold`` adds the first weights with the tone hold of clean skin under the brush turned
+off (``Retoucher.tone_sigma = 0``: the fill as it comes, which takes the brush border's tone).
 The crop (220 px at 100 %, shown at 150 %) is the densest part of the mask. The photo is read in
 place from ../shared/data/acne-faces; only the figure is committed.
 """
@@ -34,11 +36,17 @@ def brushed_mask(predicted: np.ndarray, px_per_mm: float) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--weights", action="append", required=True, help="NAME=PATH (repeat); the first one's mask is brushed")
+    ap.add_argument("--without-hold", action="store_true", help="a column for the first weights without the tone hold")
     ap.add_argument("--name", default="acne04_0010.jpg")
     ap.add_argument("--out", type=Path, default=ROOT / "resources" / "docs" / "brush_figure.png")
     args = ap.parse_args()
     photo = load_image(DATA / args.name).pixels
     models = [(n, Retoucher.load(p, device="cpu")) for n, p in (w.split("=", 1) for w in args.weights)]
+    if args.without_hold:
+        name, path = args.weights[0].split("=", 1)
+        plain = Retoucher.load(path, device="cpu")
+        plain.tone_sigma = 0.0
+        models.insert(1, (f"{name}, tone hold off", plain))
     first = models[0][1].analyze(photo)
     mask = brushed_mask(first.mask, first.plan.px_per_mm)
     y, x = densest(mask, CROP)
