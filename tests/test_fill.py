@@ -166,3 +166,17 @@ def test_a_spot_the_mask_net_missed_is_still_filled_under_the_tone_hold() -> Non
     assert mean_delta_e(raw, clean, missed) > 8.0
     plain = raw + brush[..., None] * (anchor_fill_np(raw, brush) - raw)
     assert mean_delta_e(out, clean, missed) < min(2.0, mean_delta_e(plain, clean, missed) + 0.5)
+
+
+def test_a_brush_over_skin_with_no_spot_found_evens_it_out() -> None:
+    """A brush over a flush (or an under-eye circle) in which the mask net found no spot: the tone
+    hold stays out of the way, and the brush replaces the flush with the skin around it."""
+    from engine.model.fill import TONE_MM, hold_tone_np
+
+    clean, _, brush, _ = _blushed_cluster()  # the flushed skin without its papules
+    fill = anchor_fill_np(clean, brush)
+    held = hold_tone_np(clean, fill, brush, np.zeros(brush.shape, np.float32), TONE_MM * 1.6)
+    assert np.abs(held - fill).max() < 1e-6
+    centre = brush > 0.9
+    L = lambda im: cv2.cvtColor(im, cv2.COLOR_RGB2Lab)[..., 0]  # noqa: E731
+    assert L(clean + brush[..., None] * (held - clean))[centre].mean() > L(clean)[centre].mean() + 1.0  # evened: lighter

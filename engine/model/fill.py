@@ -40,6 +40,12 @@ TONE_CONTRAST = 0.04
 #: Share of clean skin (weighted) within the tone's window from which the tone is trusted fully; a
 #: brush over one spot and a hair of skin around it changes nothing.
 TONE_FULL = 0.05
+#: The hold is for the skin between spots the mask net found (mask above :data:`TONE_SPOT`): it
+#: applies fully where spots cover this share of the tone's window (one 2-mm spot: within about
+#: 4 mm of it) and fades out beyond. A brush over skin with no spot found in it (an under-eye
+#: circle, a flush) still replaces its tone with the skin's around it: that is what it is for.
+TONE_NEAR = 0.02
+TONE_SPOT = 0.15
 
 
 def known_weight(mask: torch.Tensor) -> torch.Tensor:
@@ -124,20 +130,22 @@ def hold_tone(x: torch.Tensor, synth: torch.Tensor, mask: torch.Tensor, pred: to
     A photographer brushes over a whole cluster of spots, and the brush covers clean skin between
     them. The fill takes its colour from the brush's border (the anchor's push-pull, which G keeps
     under the colour lock), so a broad brush over skin that is redder, darker or paler than its
-    border leaves a patch of the border's tone (on twelve real acne photos: 1.1 L* on average, up
-    to 2.2 L* paler; Telea's inpainting, which also fills from the border, 0.6). Here the
-    difference between photo and fill is averaged (Gaussian of ``sigma`` px: :data:`TONE_MM`)
-    over the brushed pixels that ``pred``, the mask net's own prediction, calls clean and that are
-    no local outliers of the photo (:data:`TONE_CONTRAST`), and added back: the tone above that
-    scale is the photo's, the spots below it are still filled. Where the brush covers little clean
-    skin (:data:`TONE_FULL`) the fill stays as it is.
+    border leaves a patch of the border's tone (on twelve real acne photos 1.1 L* on average in
+    absolute value, up to 2.2 L* paler: tests/bench/brush_lightness.py). Here the difference
+    between photo and fill is averaged (Gaussian of ``sigma`` px: :data:`TONE_MM`) over the
+    brushed pixels that ``pred``, the mask net's own prediction, calls clean and that are no local
+    outliers of the photo (:data:`TONE_CONTRAST`), and added back near the spots ``pred`` found
+    (:data:`TONE_NEAR`): the tone above that scale is the photo's, the spots below it are still
+    filled. Where the brush covers little clean skin (:data:`TONE_FULL`) or no spot was found
+    nearby, the fill stays as it is.
     """
     x, synth = x.float(), synth.float()
     d = x - synth
     local = (x - gaussian_blur(x, sigma)).abs().amax(1, keepdim=True)
     w = mask.float() * known_weight(pred.float()) * torch.exp(-((local / TONE_CONTRAST) ** 2))
     num, den = gaussian_blur(d * w, sigma), gaussian_blur(w, sigma)
-    shift = num / den.clamp_min(_EPS) * (den / TONE_FULL).clamp(0.0, 1.0)
+    near = (gaussian_blur((pred.float() > TONE_SPOT).float(), sigma) / TONE_NEAR).clamp(0.0, 1.0)
+    shift = num / den.clamp_min(_EPS) * (den / TONE_FULL).clamp(0.0, 1.0) * near
     return (synth + shift).clamp(0.0, 1.0)
 
 

@@ -224,15 +224,16 @@ def evaluate(
     return table
 
 
-def face_size_pairs(clean_dirs: list[Path], width: int, count: int, seed: int, offset: int = 0) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+def face_size_pairs(clean_dirs: list[Path], width: int, count: int, seed: int, offset: int = 0, config: SynthConfig | None = None) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
     """Held-out portraits rescaled so the face is about ``width`` px wide (face width 140 mm),
-    with blemishes sized in millimetres at that scale; (name, raw, clean, mask) as uint8-exact floats."""
+    with blemishes sized in millimetres at that scale (``config``: of these kinds only); (name,
+    raw, clean, mask) as uint8-exact floats."""
     px_per_mm = width / FACE_WIDTH_MM
     out = []
     for i, p in enumerate(holdout_paths(clean_dirs, count, offset)):
         img = centre_crop(load_at_scale(p, px_per_mm), 16, None)
         clean = img.astype(np.float32) / 255.0
-        s = synthesize(clean, np.random.default_rng(seed + offset + i), px_per_mm=px_per_mm)
+        s = synthesize(clean, np.random.default_rng(seed + offset + i), config, px_per_mm=px_per_mm)
         raw = np.round(s.raw * 255.0) / 255.0  # what a photo file holds
         out.append((p.name, raw.astype(np.float32), clean, s.mask))
     return out

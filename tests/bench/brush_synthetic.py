@@ -1,9 +1,10 @@
 """A photographer's broad brush on synthetic faces, where the clean face is known.
 
-    python tests/bench/brush_synthetic.py [--weights resources/models/small.safetensors] [--count 40] [--width 500]
+    python tests/bench/brush_synthetic.py [--weights resources/models/small.safetensors] [--count 40] [--width 500] [--kind under_eye]
 
 Each held-out portrait gets synthetic blemishes (``engine.training.evaluate.face_size_pairs``,
-face ``--width`` px wide); the brush is their exact mask above 0.15 grown by 2 mm and softened
+face ``--width`` px wide; ``--kind``: of one kind only, e.g. the broad ``redness`` and
+``under_eye``); the brush is their exact mask above 0.15 grown by 2 mm and softened
 (``make_brush_figure.brushed_mask``, as a photographer brushes over a cluster). The whole
 run-time path (``Retoucher.analyze`` → ``render`` with that mask → ``composite``) is scored against
 the clean face: PSNR inside the blemishes (exact mask above 0.2), on the clean skin under the brush
@@ -23,7 +24,7 @@ from engine.retoucher import Retoucher
 from engine.training.baselines import telea_heal
 from engine.training.evaluate import DEFAULT_CLEAN, face_size_pairs
 from engine.training.metrics import psnr, srgb_to_lab
-from engine.training.synth import FACE_WIDTH_MM
+from engine.training.synth import BLEMISH_KINDS, FACE_WIDTH_MM, SynthConfig
 from make_brush_figure import brushed_mask
 
 
@@ -41,12 +42,13 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=40)
     ap.add_argument("--width", type=int, default=500, help="face width in px")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--kind", choices=BLEMISH_KINDS, help="blemishes of this kind only (default: the usual mix)")
     args = ap.parse_args()
     r = Retoucher.load(args.weights, device="cpu")
     px_per_mm = args.width / FACE_WIDTH_MM
     names = ("model (tone held)", "model (fill as it comes)", "Telea")
     rows: dict[str, list[tuple[float, float, float, float]]] = {n: [] for n in names}
-    for _name, raw, clean, mask in face_size_pairs(DEFAULT_CLEAN, args.width, args.count, args.seed):
+    for _name, raw, clean, mask in face_size_pairs(DEFAULT_CLEAN, args.width, args.count, args.seed, config=SynthConfig.only(args.kind) if args.kind else None):
         photo = np.round(raw * 255.0).astype(np.uint8)
         brush = brushed_mask(mask, px_per_mm)
         a = r.analyze(photo)
@@ -57,7 +59,8 @@ def main() -> None:
         telea = np.round(telea_heal(raw, brush, px_per_mm) * 255.0) / 255.0
         for n, out in zip(names, (held, plain, telea)):
             rows[n].append(scores(out, clean, mask, brush))
-    print(f"{len(rows[names[0]])} held-out faces, {args.width} px wide, brushed (exact mask grown by 2 mm)\n")
+    kinds = args.kind or "the usual mix of"
+    print(f"{len(rows[names[0]])} held-out faces, {args.width} px wide, {kinds} blemishes brushed (exact mask grown by 2 mm)\n")
     print("| fill | blemishes (dB) | clean skin under the brush (dB) | L* shift there | whole photo (dB) |")
     print("|---|---|---|---|---|")
     ref = np.array(rows[names[0]])
