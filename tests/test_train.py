@@ -406,6 +406,8 @@ def test_fit_to_time_ends_the_cosine_when_the_window_does(dataset, tmp_path, mon
     train(_args(dataset, run, 1000, *extra))
     assert len((run / "log.jsonl").read_text().splitlines()) == len(log)
     assert torch.load(run / "last.pt", weights_only=False)["step"] == last["step"]
+    with pytest.raises(SystemExit, match="give both"):
+        train(_args(dataset, tmp_path / "no-window", 10, "--fit-to-time"))
 
 
 def test_pack_and_parallel_training_as_on_a_gpu_window(dataset, tmp_path) -> None:

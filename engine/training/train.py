@@ -34,7 +34,9 @@ RUN_DIR/last.pt and resumed automatically; the generator is exported to RUN_DIR/
 for a warm restart with a new learning rate, crop size or loss weights. --only makes it a
 refinement stage of one part: 'mask' trains H alone, 'fill' the token projection, T and G (with D
 beside them) while E, the prior, H and H̄ stay as they were, so the mask a photographer sees does
-not move while the fill learns (at larger crops, say).
+not move while the fill learns (at larger crops, say). --max-minutes stops with a checkpoint after a
+wall time; with --fit-to-time a new stage measures its speed over its first steps and fits the
+cosine schedule to that time, so that a GPU window of unknown speed ends annealed.
 """
 from __future__ import annotations
 
@@ -356,6 +358,8 @@ def train(args: argparse.Namespace) -> Path:
         if torch.cuda.is_available():
             torch.cuda.set_device(local)
             args.device = f"cuda:{local}"
+    if args.fit_to_time and not args.max_minutes:
+        raise SystemExit("--fit-to-time fits the schedule to --max-minutes: give both.")
     dev = _device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
