@@ -609,7 +609,8 @@ def test_correction_update_and_rect_composite():
 def test_a_broad_brush_over_a_flushed_cheek_leaves_no_pale_patch(app_retoucher, make_portrait, monkeypatch):
     """The bundled model under a photographer's broad brush (a disc around a spot, on skin that
     is redder and darker there): the clean skin under the brush keeps the photo's lightness
-    (within 0.5 L*), through the whole run-time path. Without the tone hold
+    (within 0.5 L*), through the whole run-time path, and so does the classical fill the GUI shows
+    while the model runs. Without the tone hold
     (engine.model.fill.hold_tone) the fill takes the brush border's paler tone."""
     img, spots = make_portrait(1024, 768, seed=0)
     r = app_retoucher
@@ -629,7 +630,19 @@ def test_a_broad_brush_over_a_flushed_cheek_leaves_no_pale_patch(app_retoucher, 
         L = lambda im: cv2.cvtColor(im, cv2.COLOR_RGB2Lab)[..., 0].astype(np.float32) * 100 / 255  # noqa: E731
         return float(L(out)[between].mean() - L(photo)[between].mean())
 
+    def preview_shift(a) -> float:  # the classical fill the GUI shows while the model runs
+        mask = np.maximum(a.mask, brush)
+        ys, xs = np.nonzero(mask != a.mask)
+        p = r.render(a, mask, since=r.render(a, a.mask.copy()), rect=(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1), fill=True)
+        out = photo.copy()
+        x0, y0, x1, y1 = p.rect
+        out[y0:y1, x0:x1] = r.composite(photo, p, 1.0, p.rect)
+        return lightness_shift(out)
+
     held = lightness_shift(r.composite(photo, r.render(a, brush), 1.0))
+    held_preview = preview_shift(a)
     monkeypatch.setattr(r, "tone_sigma", 0.0)  # the hold off (before the analysis, which remembers syntheses)
-    plain = lightness_shift(r.composite(photo, r.render(r.analyze(photo), brush), 1.0))
+    a = r.analyze(photo)
+    plain = lightness_shift(r.composite(photo, r.render(a, brush), 1.0))
     assert abs(held) < 0.5 < plain
+    assert abs(held_preview) < 0.5 < preview_shift(a)
