@@ -149,22 +149,21 @@ def hold_tone(x: torch.Tensor, synth: torch.Tensor, mask: torch.Tensor, pred: to
     return (synth + shift).clamp(0.0, 1.0)
 
 
+def _nchw(a: np.ndarray) -> torch.Tensor:
+    """A float32 HxWx3 image or HxW mask as a (1, C, H, W) tensor (the NumPy wrappers below)."""
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    return t.permute(2, 0, 1)[None] if t.ndim == 3 else t[None, None]
+
+
 def hold_tone_np(image: np.ndarray, synth: np.ndarray, mask: np.ndarray, pred: np.ndarray, sigma: float) -> np.ndarray:
     """:func:`hold_tone` for float32 HxWx3 ``image`` and ``synth`` and HxW masks (NumPy in and out)."""
-
-    def t(a: np.ndarray) -> torch.Tensor:
-        a = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-        return a.permute(2, 0, 1)[None] if a.ndim == 3 else a[None, None]
-
     with torch.inference_mode():
-        y = hold_tone(t(image), t(synth), t(mask), t(pred), sigma)
+        y = hold_tone(_nchw(image), _nchw(synth), _nchw(mask), _nchw(pred), sigma)
     return y[0].permute(1, 2, 0).numpy().copy()
 
 
 def anchor_fill_np(image: np.ndarray, mask: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     """:func:`anchor_fill` for one float32 HxWx3 image in [0, 1] and an HxW mask (NumPy in, NumPy out)."""
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
-    m = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
     with torch.inference_mode():
-        y = anchor_fill(x, m, sigma)
+        y = anchor_fill(_nchw(image), _nchw(mask), sigma)
     return y[0].permute(1, 2, 0).numpy().copy()

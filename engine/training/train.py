@@ -457,7 +457,7 @@ def train(args: argparse.Namespace) -> Path:
         batches = data.batches(args.batch, n_unpaired, rng)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if (args.amp and dev.type == "cuda") else contextlib.nullcontext()
     model.train()
-    fit = FitToTime(args, step, started) if (args.fit_to_time and args.max_minutes and step == 0) else None
+    fit = FitToTime(args, step, started) if (args.fit_to_time and step == 0) else None  # (--max-minutes checked above)
     while step < args.steps:
         batch = next(batches)
         y, xa, phi = _to(batch.clean, dev), _to(batch.raw, dev), _to(batch.mask, dev)

@@ -24,8 +24,9 @@ import numpy as np
 from engine.retoucher import Retoucher
 from engine.training.baselines import telea_heal
 from engine.training.evaluate import DEFAULT_CLEAN, face_size_pairs
-from engine.training.metrics import psnr, srgb_to_lab
+from engine.training.metrics import psnr
 from engine.training.synth import BLEMISH_KINDS, FACE_WIDTH_MM, SynthConfig
+from brush_lightness import lightness
 from make_brush_figure import brushed_mask
 
 
@@ -33,7 +34,7 @@ def scores(out: np.ndarray, clean: np.ndarray, mask: np.ndarray, brush: np.ndarr
     """(blemishes, clean skin under the brush, L* shift there, whole photo); NaN where a region is empty."""
     spots, between = mask > 0.2, (brush > 0.5) & (mask < 0.02)
     nan = float("nan")
-    shift = float((srgb_to_lab(out)[..., 0] - srgb_to_lab(clean)[..., 0])[between].mean()) if between.any() else nan
+    shift = float((lightness(out) - lightness(clean))[between].mean()) if between.any() else nan
     return (psnr(out, clean, spots) if spots.any() else nan, psnr(out, clean, between) if between.any() else nan, shift, psnr(out, clean))
 
 
