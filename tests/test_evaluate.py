@@ -159,11 +159,11 @@ def test_calibrate_picks_a_mask_floor_on_validation_faces(setup, capsys, tmp_pat
     out = tmp_path / "calibrated.safetensors"
     assert calibrate.main([str(setup["weights"]), "--clean", str(setup["faces"]), "--count", "2", "--offset", "0", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    tophat, floor = printed.split("chosen: top-hat ")[1].split(" mm, floor ")
-    tophat, floor = float(tophat), float(floor.split()[0])
-    assert printed.count("\n| ") == len(calibrate.FLOORS) * len(calibrate.TOPHATS_MM) + 1  # the untouched photos, one row per setting
+    chosen = printed.split("chosen: top-hat ")[1].split("\n")[0]  # "8 mm, floor 0.00, gain 1.0"
+    tophat, floor, gain = float(chosen.split(" mm")[0]), float(chosen.split("floor ")[1].split(",")[0]), float(chosen.split("gain ")[1])
+    assert printed.count("\n| ") == len(calibrate.FLOORS) * len(calibrate.TOPHATS_MM) * len(calibrate.GAINS) + 1  # the untouched photos, one row per setting
     model = load_model(out)
-    assert (model.config.mask_tophat_mm, model.config.mask_floor) == (tophat, floor)
+    assert (model.config.mask_tophat_mm, model.config.mask_floor, model.config.mask_gain) == (tophat, floor, gain) and gain == 1.0
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         raw = torch.sigmoid(model.mask_logits(x, model.encode(x).recon, ema=True))
@@ -173,6 +173,26 @@ def test_calibrate_picks_a_mask_floor_on_validation_faces(setup, capsys, tmp_pat
     spot[..., 30:34, 30:34] = 0.9
     top = model.calibrate(spot, 0.0, 8.0 / model.config.work_px_per_mm)
     assert top[0, 0, 0, 0] == 0 and top[0, 0, 31, 31] > 0.8
+
+
+def test_calibration_grid_can_be_narrowed_and_a_gain_strengthens_the_mask(setup, capsys, tmp_path) -> None:
+    from engine.model import load_model
+    from engine.training import calibrate
+
+    out = tmp_path / "gain.safetensors"
+    args = [str(setup["weights"]), "--clean", str(setup["faces"]), "--count", "2", "--offset", "0", "--out", str(out)]
+    assert calibrate.main(args + ["--tophats", "0", "--floors", "0", "--gains", "1,2,3"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0 | 0.00 |")]
+    assert [line.split(" | ")[2] for line in rows] == ["1.0", "2.0", "3.0"]  # exactly the settings asked for
+    model = load_model(out)
+    assert model.config.mask_gain in (1.0, 2.0, 3.0) and model.config.mask_tophat_mm == 0.0
+    # the gain multiplies what the top-hat and floor leave, clipped at 1; a mask of 0 stays 0
+    m = torch.tensor([0.0, 0.1, 0.3, 0.6]).reshape(1, 1, 2, 2)
+    torch.testing.assert_close(model.calibrate(m, 0.0, 0.0, 2.0), torch.tensor([0.0, 0.2, 0.6, 1.0]).reshape(1, 1, 2, 2))
+    with pytest.raises(SystemExit):
+        calibrate.main(args + ["--gains", "0.5"])
+    with pytest.raises(ValueError, match="mask_gain"):
+        type(model.config).preset("tiny", mask_gain=0.5)
 
 
 def test_calibration_choice_never_harms_the_whole_photo() -> None:
@@ -213,6 +233,7 @@ def _validation(cand_in: float, cand_whole: float, whole_diff: tuple[float, floa
         (27.9, 45.1, (0.1, 0.2), 29.8, True),     # more out of the blemishes both ways, the whole photo level
         (27.6, 45.1, (0.1, 0.2), 29.8, False),    # less out of the blemishes through the pipeline
         (27.9, 45.1, (0.1, 0.2), 29.6, False),    # less with the exact mask
+        (27.9, 45.1, (0.1, 0.2), 29.7, True),     # the same with the exact mask (a mask-only stage leaves the fill as it was)
         (27.9, 43.9, (-1.1, 0.3), 29.8, False),   # the whole photo worse than untouched
         (27.9, 44.6, (-0.4, 0.24), 29.8, False),  # the whole photo worse than the bundled weights beyond the noise
         (27.9, 44.9, (-0.1, 0.24), 29.8, True),   # ... within it

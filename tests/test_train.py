@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from engine.training.data import TrainingData, eval_pairs, is_holdout, list_images
+from engine.training.metrics import soft_iou
 from engine.imageio import from_float, save_image
-from engine.training.losses import feature_space, perceptual, tone_shift
+from engine.training.losses import feature_space, perceptual, soft_iou_minmax, soft_jaccard, tone_shift
 from engine.model import ModelConfig, load_model
 from engine.training.train import brushed, build_parser, train
 from tests.test_synth import make_face
@@ -183,6 +184,40 @@ def test_hold_tone_term_is_logged_only_when_asked(dataset, tmp_path) -> None:
     on = json.loads((tmp_path / "on" / "log.jsonl").read_text().splitlines()[-1])
     assert "hold_tone" not in off and np.isfinite(on["hold_tone"]) and on["hold_tone"] >= 0
     assert on["x2y"] == pytest.approx(off["x2y"])
+
+
+def test_minmax_jaccard_is_the_evaluations_soft_iou_and_wants_the_blend_weight_not_the_footprint() -> None:
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    phi = (0.8 * torch.exp(-((yy - 32) ** 2 + (xx - 32) ** 2) / 60.0))[None, None]  # a soft spot
+    phi = torch.where(phi > 0.01, phi, torch.zeros_like(phi))
+    footprint = (phi > 0.05).float()
+    evaluated = lambda p: soft_iou(p[0, 0].numpy(), phi[0, 0].numpy())  # noqa: E731
+    # the loss is one minus the evaluation's Soft-IoU (up to the +1 that keeps empty masks finite)
+    for p in (phi, footprint, 0.5 * phi, torch.zeros_like(phi)):
+        assert 1.0 - soft_iou_minmax(p, phi).item() == pytest.approx(evaluated(p), abs=0.02)
+    assert soft_iou_minmax(phi, phi).item() == pytest.approx(0.0, abs=1e-6)
+    # the product form prefers the footprint to the blend weight itself; the min/max form does not
+    assert soft_jaccard(footprint, phi) < soft_jaccard(phi, phi)
+    assert soft_iou_minmax(phi, phi) < soft_iou_minmax(footprint, phi)
+    # its gradient lowers a mask that says too much and raises one that says too little
+    over = (phi + 0.05 + 0.3 * footprint).clamp(0, 1).requires_grad_(True)  # haze, and too strong on the spot
+    soft_iou_minmax(over, phi).backward()
+    assert (over.grad > 0).all()
+    under = (0.5 * phi).requires_grad_(True)
+    soft_iou_minmax(under, phi).backward()
+    assert (under.grad[phi > 0] < 0).all()
+
+
+def test_mask_terms_take_the_minmax_form_when_asked(dataset, tmp_path) -> None:
+    first = {}
+    for form in ("product", "minmax"):  # the same data and weights: only the Jaccard term's form differs
+        run = tmp_path / form
+        train(_args(dataset, run, 1, "--only", "mask", "--iou-form", form))
+        first[form] = json.loads((run / "log.jsonl").read_text().splitlines()[0])
+        stage = torch.load(run / "last.pt", weights_only=False)["history"][-1]["stage"]
+        assert ("--iou-form minmax" in stage) == (form == "minmax")
+    assert first["product"]["mask_reg"] == pytest.approx(first["minmax"]["mask_reg"])
+    assert first["product"]["mask_iou"] != pytest.approx(first["minmax"]["mask_iou"])
 
 
 def test_tone_shift_sees_a_pale_patch_not_texture_or_what_lies_outside() -> None:
@@ -438,13 +473,14 @@ def test_pack_and_parallel_training_as_on_a_gpu_window(dataset, tmp_path) -> Non
     # the model card's GPU command on a state whose stage is over: a new stage from it, on the pack
     again = build_parser().parse_args([
         "--run", str(tmp_path / "gpu2"), "--preset", "tiny", "--steps", "2", "--batch", "2", "--unpaired-batch", "1", "--crop", "48",
-        "--pack", str(out), "--workers", "2", "--amp", "--state", str(state), "--init", str(state), "--conf", "0", "--adv-start", "0",
-        "--fill-outside", "10", "--hold-tone", "10", "--ckpt-every", "2", "--log-every", "1", "--threads", "1",
+        "--pack", str(out), "--workers", "2", "--amp", "--state", str(state), "--init", str(state), "--conf", "0.25", "--adv-start", "0",
+        "--fill-outside", "10", "--hold-tone", "10", "--iou-form", "minmax", "--ckpt-every", "2", "--log-every", "1", "--threads", "1",
     ])
     train(again)
     log = [json.loads(line) for line in (tmp_path / "gpu2" / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [1, 2] and all(np.isfinite(r["hold_tone"]) for r in log)
-    assert [h["to_step"] for h in torch.load(state, weights_only=False)["history"]] == [3, 2]
+    assert [r["step"] for r in log] == [1, 2] and all(np.isfinite(r["hold_tone"]) and np.isfinite(r["mask_iou"]) for r in log)
+    history = torch.load(state, weights_only=False)["history"]
+    assert [h["to_step"] for h in history] == [3, 2] and "--iou-form minmax" in history[-1]["stage"]
     from engine.training.state import load_state, optimiser_path
 
     optimiser_path(state).unlink()  # half a state: one clear sentence, not a KeyError

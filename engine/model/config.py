@@ -50,9 +50,13 @@ class ModelConfig:
     # Calibration of the predicted mask, fitted on validation faces after training
     # (engine.training.calibrate): the broad haze under the peaks (a morphological opening
     # ``mask_tophat_mm`` wide) is taken away, values below ``mask_floor`` are dropped and the
-    # rest stretched back to 0..1. 0 switches either off.
+    # rest stretched back to 0..1. 0 switches either off. ``mask_gain`` then multiplies what is
+    # left (clipped at 1): a mask net trained to estimate the blemishes' blend weight φ
+    # (``retouch train --iou-form minmax``) says 0.2 on a papule's halo, which the fill needs
+    # stronger to take the halo away.
     mask_tophat_mm: float = 0.0
     mask_floor: float = 0.0
+    mask_gain: float = 1.0
     # With ``anchor``: G may change the anchor's texture and edges but not the local colour of the
     # fill: the part of its correction below this scale (a Gaussian this many millimetres wide) is
     # taken away, so a filled spot keeps the colour of the skin around it (no paler or yellower
@@ -63,7 +67,7 @@ class ModelConfig:
     TOKEN_STRIDE = 8  # the token grid is 1/8 of the image
     #: Fields that change what the model computes but none of its parameters: a training run
     #: resumes with them changed, and calibration sets them after training.
-    SETTINGS = ("mask_tophat_mm", "mask_floor", "colour_lock_mm")
+    SETTINGS = ("mask_tophat_mm", "mask_floor", "mask_gain", "colour_lock_mm")
 
     def structure(self) -> dict[str, Any]:
         """The configuration without :data:`SETTINGS`: what the parameters depend on."""
@@ -86,6 +90,8 @@ class ModelConfig:
             raise ValueError("mask_tophat_mm must not be negative")
         if not 0.0 <= self.mask_floor < 1.0:
             raise ValueError("mask_floor must be in [0, 1)")
+        if not self.mask_gain >= 1.0:
+            raise ValueError("mask_gain must be at least 1")
         if not self.colour_lock_mm >= 0.0:
             raise ValueError("colour_lock_mm must not be negative")
 

@@ -82,16 +82,20 @@ class RetouchFormer(nn.Module):
         mask = self.calibrate(torch.sigmoid(self.mask_logits(x, recon, ema=True)))
         return Encoded(x, feats, self.tokens(feats), recon, mask)
 
-    def calibrate(self, mask: torch.Tensor, floor: float | None = None, tophat_mm: float | None = None) -> torch.Tensor:
-        """H̄'s soft mask (B, 1, H, W) with the calibration applied (``config.mask_tophat_mm`` and
-        ``config.mask_floor`` unless given): a faint haze over a whole face is not a blemish."""
+    def calibrate(self, mask: torch.Tensor, floor: float | None = None, tophat_mm: float | None = None, gain: float | None = None) -> torch.Tensor:
+        """H̄'s soft mask (B, 1, H, W) with the calibration applied (``config.mask_tophat_mm``,
+        ``config.mask_floor`` and ``config.mask_gain`` unless given): a faint haze over a whole face
+        is not a blemish, and an estimate of the blend weight is made strong enough to fill with."""
         f = self.config.mask_floor if floor is None else floor
         t = self.config.mask_tophat_mm if tophat_mm is None else tophat_mm
+        g = self.config.mask_gain if gain is None else gain
         k = int(round(t * self.config.work_px_per_mm)) // 2 * 2 + 1 if t > 0 else 1
         if k > 1:  # white top-hat: what stands out of a morphological opening k working pixels wide
             haze = F.max_pool2d(-F.max_pool2d(-mask, k, 1, k // 2), k, 1, k // 2)
             mask = ((mask - haze) / (1.0 - haze).clamp_min(1e-3)).clamp(0.0, 1.0)
-        return mask if f <= 0 else ((mask - f) / (1.0 - f)).clamp(0.0, 1.0)
+        if f > 0:
+            mask = ((mask - f) / (1.0 - f)).clamp(0.0, 1.0)
+        return mask if g == 1.0 else (mask * g).clamp(0.0, 1.0)
 
     def token_weights(self, mask: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """f_H: the pixel mask brought to the token grid (max-pooled so small blemishes count)."""

@@ -1,14 +1,18 @@
 """Calibrate the predicted mask of trained weights on validation faces.
 
     python -m engine.training.calibrate WEIGHTS [--count 60] [--offset 200] [--out CALIBRATED]
+                                        [--tophats 0,4,8] [--floors 0] [--gains 1,2]
 
 A mask net trained for a short while predicts a faint haze over clean skin (and over features it
 is unsure of); every bit of it is skin the retouch changes for nothing. Two calibration settings
-take it away: ``ModelConfig.mask_tophat_mm`` subtracts the broad haze under the peaks (a
+take it away (a third strengthens what is left): ``ModelConfig.mask_tophat_mm`` subtracts the broad haze under the peaks (a
 morphological opening that many millimetres wide: blemishes stand out of it, a face-wide haze
 does not; broad blemishes such as redness patches and under-eye circles lose strength too, which
-the per-kind evaluation shows) and ``ModelConfig.mask_floor`` drops what is left below it and
-stretches the rest back to 0..1. They are chosen here on held-out portraits that are *not* the
+the per-kind evaluation shows), ``ModelConfig.mask_floor`` drops what is left below it and
+stretches the rest back to 0..1, and ``ModelConfig.mask_gain`` multiplies the rest (clipped at 1),
+for a mask net that estimates the blemishes' blend weight rather than their footprint
+(``retouch train --iou-form minmax``): the fill needs a papule's halo, where that weight is 0.2,
+taken away as a whole. They are chosen here on held-out portraits that are *not* the
 evaluation's (``--offset``: the evaluation uses the first 200 held-out portraits), with blemishes
 sized in millimetres, by the model itself at its working scale: among the settings that leave the whole photo closer to the clean one than
 the untouched photo (whole-image PSNR, which falls with every false positive), the one with the
@@ -34,13 +38,22 @@ from engine.training.evaluate import BLEMISH_THRESHOLD, DEFAULT_CLEAN
 
 FLOORS = (0.0, 0.15, 0.3)
 TOPHATS_MM = (0.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
+GAINS = (1.0,)  # a mask net trained with --iou-form minmax: --gains 1,1.5,2,3
 SEED = 4321  # the validation pairs' blemishes (the evaluation's differ)
 # blemish PSNRs this close are level: far inside the images' noise on 40 portraits (image by image,
 # ±0.1-0.3 dB), while the whole photo can differ by 0.5 dB between two such settings
 LEVEL_DB = 0.1
 
 
-def choose(table: dict, untouched: tuple[float, float]) -> tuple[float, float]:
+def _values(text: str) -> tuple[float, ...]:
+    """A comma-separated list of numbers (an argparse type)."""
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
+def choose(table: dict, untouched: tuple[float, float]) -> tuple[float, ...]:
     """The setting that takes the most out of the blemishes (PSNR inside them) among those that
     leave the whole photo better than untouched, the best whole photo among those level with it
     (within ``LEVEL_DB``); when none is safe, the best sum of both PSNRs."""
@@ -51,13 +64,13 @@ def choose(table: dict, untouched: tuple[float, float]) -> tuple[float, float]:
     return max(table, key=lambda s: table[s][0] + table[s][1])
 
 
-def calibrate(weights: Path, clean_dirs: list[Path], count: int, offset: int, seed: int = SEED, floors=FLOORS, tophats=TOPHATS_MM):
-    """({(top-hat mm, floor): (whole-image PSNR, PSNR in blemishes, Soft-IoU)}, the number of
+def calibrate(weights: Path, clean_dirs: list[Path], count: int, offset: int, seed: int = SEED, floors=FLOORS, tophats=TOPHATS_MM, gains=GAINS):
+    """({(top-hat mm, floor, gain): (whole-image PSNR, PSNR in blemishes, Soft-IoU)}, the number of
     validation pairs, (whole-image PSNR, PSNR in blemishes) of the untouched photos)."""
     model = load_model(weights)
     pairs = list(eval_pairs(clean_dirs, model.config.work_px_per_mm, count, seed, offset=offset))
-    settings = [(t, f) for t in tophats for f in floors]
-    scores: dict[tuple[float, float], list[tuple[float, float, float]]] = {s: [] for s in settings}
+    settings = [(t, f, g) for t in tophats for f in floors for g in gains]
+    scores: dict[tuple[float, ...], list[tuple[float, float, float]]] = {s: [] for s in settings}
     untouched = []
     for _, raw, clean, true in pairs:
         x = torch.from_numpy(raw).permute(2, 0, 1)[None].contiguous()
@@ -66,11 +79,11 @@ def calibrate(weights: Path, clean_dirs: list[Path], count: int, offset: int, se
         with torch.inference_mode():
             enc = model.encode(x)
             raw_mask = torch.sigmoid(model.mask_logits(x, enc.recon, ema=True))
-            for t, f in settings:
-                m = model.calibrate(raw_mask, f, t)
+            for t, f, g in settings:
+                m = model.calibrate(raw_mask, f, t, g)
                 out = model.synthesize(enc, m)[0][0].permute(1, 2, 0).numpy()
                 inside = metrics.psnr(out, clean, mask=region) if region.any() else np.nan
-                scores[(t, f)].append((metrics.psnr(out, clean), inside, metrics.soft_iou(m[0, 0].numpy(), true)))
+                scores[(t, f, g)].append((metrics.psnr(out, clean), inside, metrics.soft_iou(m[0, 0].numpy(), true)))
     table = {s: tuple(float(np.nanmean([v[k] for v in vals])) for k in range(3)) for s, vals in scores.items()}
     return table, len(pairs), tuple(float(np.nanmean([u[k] for u in untouched])) for k in range(2))
 
@@ -82,20 +95,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", type=int, default=60)
     p.add_argument("--offset", type=int, default=200, help="skip the evaluation's held-out portraits")
     p.add_argument("--out", type=Path, help="write the weights with the chosen floor here")
+    p.add_argument("--tophats", type=_values, default=TOPHATS_MM, help="top-hat widths to try (mm, comma-separated)")
+    p.add_argument("--floors", type=_values, default=FLOORS, help="mask floors to try")
+    p.add_argument("--gains", type=_values, default=GAINS, help="mask gains to try (at least 1)")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
+    if min(args.gains) < 1.0 or min(args.tophats) < 0.0 or not all(0.0 <= f < 1.0 for f in args.floors):
+        p.error("gains are at least 1, top-hats not negative, floors in [0, 1)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    table, n, untouched = calibrate(args.weights, args.clean or DEFAULT_CLEAN, args.count, args.offset)
-    print(f"| top-hat (mm) | mask floor | PSNR (dB) | PSNR in blemishes (dB) | Soft-IoU |  ({n} validation portraits)\n|---|---|---|---|---|")
-    print(f"| untouched | | {untouched[0]:.2f} | {untouched[1]:.2f} | n/a |")
-    for (t, f), (whole, inside, iou) in table.items():
-        print(f"| {t:.0f} | {f:.2f} | {whole:.2f} | {inside:.2f} | {iou:.3f} |")
+    table, n, untouched = calibrate(args.weights, args.clean or DEFAULT_CLEAN, args.count, args.offset, floors=args.floors, tophats=args.tophats, gains=args.gains)
+    print(f"| top-hat (mm) | mask floor | mask gain | PSNR (dB) | PSNR in blemishes (dB) | Soft-IoU |  ({n} validation portraits)\n|---|---|---|---|---|---|")
+    print(f"| untouched | | | {untouched[0]:.2f} | {untouched[1]:.2f} | n/a |")
+    for (t, f, g), (whole, inside, iou) in table.items():
+        print(f"| {t:.0f} | {f:.2f} | {g:.1f} | {whole:.2f} | {inside:.2f} | {iou:.3f} |")
     best = choose(table, untouched)
-    print(f"chosen: top-hat {best[0]:.0f} mm, floor {best[1]:.2f}")
+    print(f"chosen: top-hat {best[0]:.0f} mm, floor {best[1]:.2f}, gain {best[2]:.1f}")
     if args.out:
         model = load_model(args.weights)
-        model.config = dataclasses.replace(model.config, mask_tophat_mm=best[0], mask_floor=best[1])
+        model.config = dataclasses.replace(model.config, mask_tophat_mm=best[0], mask_floor=best[1], mask_gain=best[2])
         save_model(model, args.out, extra={**getattr(model, "checkpoint_info", {}), "mask_calibration": f"fitted on {n} validation portraits (offset {args.offset})"})
         print(args.out)
     return 0

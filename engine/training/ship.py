@@ -10,8 +10,9 @@ The candidate wins when, on the validation portraits (held out, not the evaluati
 - and leaves the whole photo closer to the clean one than the untouched photo, and no further
   from it than the bundled weights do beyond the images' noise (the image-by-image difference's
   95 % interval reaches zero or above),
-- and handed the exact mask (as a brushed mask is used) it takes more out of the blemishes than
-  the bundled weights (``validation_true_mask_{bundled,candidate}.json``).
+- and handed the exact mask (as a brushed mask is used) it takes at least as much out of the
+  blemishes as the bundled weights (``validation_true_mask_{bundled,candidate}.json``; a stage that
+  trains the mask net alone leaves the fill, and so this figure, exactly as it was).
 
 It prints each comparison (with the image-by-image difference and its 95 % interval where the
 validation has it: ``retouch eval --against``) and exits 0 when the candidate wins, 3 when it does
@@ -61,7 +62,7 @@ def verdict(validation: dict, true_bundled: dict, true_candidate: dict) -> tuple
          f"through the pipeline, the whole photo against the untouched photo: {cand['psnr']:.2f} against {untouched['psnr']:.2f} dB"),
         (not whole or whole.get("ci95") is None or whole["mean"] + whole["ci95"] >= 0.0,
          f"through the pipeline, the whole photo against the bundled weights: {cand['psnr']:.2f} against {bund['psnr']:.2f} dB{interval('psnr')}"),
-        (t_cand["psnr_blemish"] > t_bund["psnr_blemish"],
+        (t_cand["psnr_blemish"] >= t_bund["psnr_blemish"],
          f"with the exact mask, in the blemishes: {t_cand['psnr_blemish']:.2f} against {t_bund['psnr_blemish']:.2f} dB"),
     ]
     lines = [("passes  " if ok else "FAILS   ") + text for ok, text in checks]

@@ -18,7 +18,10 @@ Deviations, each for a stated reason:
   a mask-only stage without it (--only mask --conf 0, with a gain on the estimate for the fill)
   did better on validation faces; see the model card.)
 - A soft-Jaccard term on σ(H) against φ is added to the mask losses (--iou): blemishes cover a few
-  per cent of a face, and per-pixel terms alone give timid masks.
+  per cent of a face, and per-pixel terms alone give timid masks. In its product form (the default)
+  it too rewards the footprint; --iou-form minmax takes the evaluation's Soft-IoU itself
+  (Σ min / Σ max), whose optimum is φ, and with --conf 0 H learns the blend weight; the calibration
+  (engine.training.calibrate --gains) then gives the fill the strength it needs.
 - --hold-tone: on the unpaired raw photos the fill is also run under a brushed mask (brushed()), and
   the local tone of the clean skin under the brush is held to the photo's (losses.tone_shift): a
   photographer's brush covers clean skin between spots, and only real photos show whether the fill
@@ -86,6 +89,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--zeta", type=float, default=10.0, help="ζ: L1 weight of L_con^x2y")
     p.add_argument("--lam", type=float, default=0.5, help="λ: weight of the unpaired mask term")
     p.add_argument("--iou", type=float, default=1.0, help="weight of the soft-Jaccard mask term (0: off)")
+    p.add_argument("--iou-form", choices=["product", "minmax"], default="product", help="the Jaccard term's form: 'product' (Σ pφ / Σ (p + φ − pφ), pushes toward the footprint) or 'minmax' (Σ min / Σ max, the evaluation's Soft-IoU, whose optimum is φ itself)")
     p.add_argument("--conf", type=float, default=1.0, help="weight of the binary confidence term of L_H on paired data")
     p.add_argument("--only", choices=["all", "mask", "fill"], default="all", help="'mask': a refinement stage that trains only the mask net H (and H̄ by EMA); 'fill': one that trains only the fill (token projection, transformer T, synthesis G; and D), with E, the prior and H, H̄ frozen, so the mask stays as it was")
     p.add_argument("--init", type=Path, help="start a new run from these weights (model .safetensors, or a run's last.pt for the discriminator too)")
@@ -201,7 +205,8 @@ class GeneratorStep(nn.Module):
         logits = m.mask_logits(xa, recon, ema=False)
         out["mask_reg"] = (torch.sigmoid(logits) - phi).pow(2).mean()  # L_H̄ (on H, see module doc)
         out["mask_bce"] = a.conf * losses.soft_bce(logits, (phi > 0.05).float())  # L_H, paired part
-        out["mask_iou"] = a.iou * losses.soft_jaccard(torch.sigmoid(logits), phi)
+        jaccard = losses.soft_iou_minmax if getattr(a, "iou_form", "product") == "minmax" else losses.soft_jaccard
+        out["mask_iou"] = a.iou * jaccard(torch.sigmoid(logits), phi)
         return logits
 
     def _unpaired_mask(self, xu: torch.Tensor, ru: torch.Tensor, out: dict[str, torch.Tensor], train_mask: bool = True) -> torch.Tensor:
@@ -447,7 +452,7 @@ def train(args: argparse.Namespace) -> Path:
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     segment = {"date": time.strftime("%Y-%m-%d"), "from_step": step, "to_step": step, "hours": 0.0, "device": where, "crop": args.crop, "batch": args.batch}
     if step == 0 and (args.only != "all" or args.init is not None):  # a new stage: say what it trains
-        segment["stage"] = f"--only {args.only} --conf {args.conf} --iou {args.iou} --lr {args.lr}" + (f", from {Path(args.init).name}" if args.init is not None else "")
+        segment["stage"] = f"--only {args.only} --conf {args.conf} --iou {args.iou}" + (f" --iou-form {args.iou_form}" if args.iou_form != "product" else "") + f" --lr {args.lr}" + (f", from {Path(args.init).name}" if args.init is not None else "")
     history.append(segment)
     n_unpaired = 0 if args.no_unpaired else args.unpaired_batch
     if args.workers > 0:  # batches made in worker processes, each with its own generator

@@ -2,7 +2,7 @@
 # End of a training session: commit the state the next session resumes from, calibrate the new
 # weights, and ship them only if they beat the bundled ones on validation faces (held-out
 # portraits that are not the evaluation's: --offset 200): more taken out of the blemishes through
-# the whole pipeline with the predicted mask and with the exact (brushed) mask, and the whole photo
+# the whole pipeline with the predicted mask, at least as much with the exact (brushed) mask, and the whole photo
 # closer to the clean one than the untouched photo and no further from it than the bundled
 # weights leave it beyond the images' noise (python -m engine.training.ship: OUT_DIR/verdict.txt).
 # Then, for a candidate that passes, the evaluation tables.
@@ -27,6 +27,8 @@ OUT=${2:-runs/ship}
 PY=${PYTHON:-.venv/bin/python}
 # how many portraits each table uses (smaller for a quick check of the script)
 CAL=${CAL:-60} VAL=${VAL:-60} EVAL=${EVAL:-200} SIZES=${SIZES:-40} KINDS=${KINDS:-60}
+# CALIBRATION: more arguments for the calibration, e.g. a mask net trained with --iou-form minmax:
+# CALIBRATION="--tophats 0,4,6,8,12 --floors 0 --gains 1,1.5,2,3"
 mkdir -p "$OUT"
 if [ -f "$RUN" ]; then  # a committed state: its weights
   WEIGHTS="$OUT/state.safetensors"
@@ -37,7 +39,7 @@ else
     $PY -m engine.training.state export "$RUN/last.pt" resources/training/state.pt
   fi
 fi
-$PY -m engine.training.calibrate "$WEIGHTS" --count "$CAL" --offset 200 --out "$OUT/candidate.safetensors" | tee "$OUT/calibration.md"
+$PY -m engine.training.calibrate "$WEIGHTS" --count "$CAL" --offset 200 ${CALIBRATION:-} --out "$OUT/candidate.safetensors" | tee "$OUT/calibration.md"
 # validation: the whole pipeline, the bundled weights against the candidate (and the candidate's
 # difference from the bundled weights image by image, with its 95 % interval: a win inside the
 # images' noise is no win)
