@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from engine.model import load_model, save_model
+from engine.model import ModelConfig, load_model, save_model
 from engine.training import metrics
 from engine.training.data import eval_pairs
 from engine.training.evaluate import BLEMISH_THRESHOLD, DEFAULT_CLEAN
@@ -100,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gains", type=_values, default=GAINS, help="mask gains to try (at least 1)")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
-    if min(args.gains) < 1.0 or min(args.tophats) < 0.0 or not all(0.0 <= f < 1.0 for f in args.floors):
-        p.error("gains are at least 1, top-hats not negative, floors in [0, 1)")
+    try:  # before the long run: every setting must be one the configuration accepts
+        for t, f, g in itertools.product(args.tophats, args.floors, args.gains):
+            ModelConfig(mask_tophat_mm=t, mask_floor=f, mask_gain=g)
+    except ValueError as exc:
+        p.error(str(exc))
     if args.threads:
         torch.set_num_threads(args.threads)
     table, n, untouched = calibrate(args.weights, args.clean or DEFAULT_CLEAN, args.count, args.offset, floors=args.floors, tophats=args.tophats, gains=args.gains)

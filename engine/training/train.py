@@ -205,7 +205,7 @@ class GeneratorStep(nn.Module):
         logits = m.mask_logits(xa, recon, ema=False)
         out["mask_reg"] = (torch.sigmoid(logits) - phi).pow(2).mean()  # L_H̄ (on H, see module doc)
         out["mask_bce"] = a.conf * losses.soft_bce(logits, (phi > 0.05).float())  # L_H, paired part
-        jaccard = losses.soft_iou_minmax if getattr(a, "iou_form", "product") == "minmax" else losses.soft_jaccard
+        jaccard = losses.soft_iou_minmax if a.iou_form == "minmax" else losses.soft_jaccard
         out["mask_iou"] = a.iou * jaccard(torch.sigmoid(logits), phi)
         return logits
 
