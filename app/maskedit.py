@@ -42,6 +42,13 @@ def brush_profile(radius: float, hardness: float, cx: float, cy: float, x0: int,
     return (0.5 + 0.5 * np.cos(np.pi * t)).astype(np.float32)
 
 
+def paint(under: np.ndarray, coverage: np.ndarray, erase: bool = False, opacity: float = 1.0) -> np.ndarray:
+    """A stroke's result over the mask ``under`` it was painted on: each pixel moves toward 1 (or 0
+    when erasing) by ``opacity`` times the stroke's ``coverage`` there (0 leaves it as it was)."""
+    target = 0.0 if erase else 1.0
+    return (under + (target - under) * (float(np.clip(opacity, 0.0, 1.0)) * coverage)).astype(np.float32, copy=False)
+
+
 @dataclass
 class Patch:
     """One changed rectangle of the mask: values before and after an edit."""
@@ -100,8 +107,6 @@ class Stroke:
         x1, y1 = min(int(np.ceil(cx + r)) + 1, w), min(int(np.ceil(cy + r)) + 1, h)
         if x0 >= x1 or y0 >= y1:
             return None
-        target = 0.0 if self.brush.erase else 1.0
-        opacity = float(np.clip(self.brush.opacity, 0.0, 1.0))
         for ty in range(y0 // TILE, (y1 - 1) // TILE + 1):
             for tx in range(x0 // TILE, (x1 - 1) // TILE + 1):
                 rx0, ry0, rx1, ry1 = self._tile_rect(tx, ty)
@@ -114,7 +119,7 @@ class Stroke:
                 cov = self._cov[key][sy0 - ry0:sy1 - ry0, sx0 - rx0:sx1 - rx0]
                 np.maximum(cov, prof, out=cov)
                 orig = self._orig[key][sy0 - ry0:sy1 - ry0, sx0 - rx0:sx1 - rx0]
-                self.mask[sy0:sy1, sx0:sx1] = orig + (target - orig) * (opacity * cov)
+                self.mask[sy0:sy1, sx0:sx1] = paint(orig, cov, self.brush.erase, self.brush.opacity)
         return x0, y0, x1, y1
 
     def line_to(self, cx: float, cy: float) -> Rect | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.maskedit import TILE, Brush, History, Stroke, brush_profile, diff_edit
+from app.maskedit import TILE, Brush, History, Stroke, brush_profile, diff_edit, paint
 from app.pyramid import build_pyramid, level_for_scale, update_pyramid
 from engine.compositor import mix as blend
 
@@ -31,6 +31,23 @@ def test_stroke_adds_inside_brush_only_and_respects_opacity():
     assert all((p.rect[2] - p.rect[0]) <= TILE and (p.rect[3] - p.rect[1]) <= TILE for p in edit.patches)
     total = sum(p.before.size for p in edit.patches)
     assert total < 0.05 * mask.size
+
+
+def test_a_stroke_paints_over_the_mask_it_was_laid_on_as_paint_says():
+    """The benchmarks brush a predicted mask with ``paint``; it must be what a stroke does."""
+    rng = np.random.default_rng(3)
+    under = (rng.random((300, 300)) * 0.5).astype(np.float32)  # a hazy predicted mask
+    for erase, opacity in ((False, 1.0), (False, 0.4), (True, 0.7)):
+        mask = under.copy()
+        s = Stroke(mask, Brush(size=60, hardness=0.3, opacity=opacity, erase=erase))
+        s.stamp(150, 150)
+        cov = brush_profile(30, 0.3, 150, 150, 0, 0, 300, 300)
+        np.testing.assert_allclose(mask, paint(under, cov, erase, opacity), atol=1e-6)
+    painted = paint(under, np.ones_like(under))
+    assert painted.dtype == np.float32 and np.all(painted == 1.0)  # full coverage: the stroke's value
+    np.testing.assert_array_equal(paint(under, np.zeros_like(under)), under)  # untouched: the mask as it was
+    half = paint(under, np.full_like(under, 0.5))
+    np.testing.assert_allclose(half, under + 0.5 * (1.0 - under), atol=1e-6)  # halfway toward 1, prediction kept
 
 
 def test_erase_and_undo_redo_restore_exact_values():

@@ -1,16 +1,19 @@
 """Does a fill under a brushed mask leave a pale (or dark) patch on real photos? One figure per weights.
 
     python tests/bench/brush_lightness.py --weights "bundled=resources/models/small.safetensors" \
-        --weights "candidate=runs/ship/candidate.safetensors" [--names acne04_0010.jpg,...]
+        --weights "candidate=runs/ship/candidate.safetensors" [--without-hold] [--names acne04_0010.jpg,...]
 
 A photographer brushes over a whole acne cluster (the first weights' predicted mask above 0.15,
 grown by 2 mm: ``make_brush_figure.brushed_mask``), so the fill covers clean skin between the
-spots as well. On that clean skin (inside the brush, predicted mask below 0.05) the retouched
-photo should keep the photo's lightness: the mean CIELAB L* shift there is printed per photo and
-per weights (positive = paler), and beside them for OpenCV's Telea inpainting of the same brush
-(the classical fill a photographer already has). Synthetic validation cannot see this (its clean skin is the
-target); run it before shipping new weights beside ``ship_weights.sh``. The candidate ships when
-its mean shift is within ±1 L* and its mean absolute shift is no larger than the bundled weights'.
+spots as well. The stroke is painted over each weights' own predicted mask, as the program's
+brush paints it (``app.maskedit.paint``: the rest of the prediction stays). On that clean skin
+(inside the brush, the first weights' predicted mask below 0.05) the retouched photo should keep
+the photo's lightness: the mean CIELAB L* shift there is printed per photo and per weights
+(positive = paler), and beside them for OpenCV's Telea inpainting of the same stroke (the
+classical fill a photographer already has); ``--without-hold`` adds the first weights with the
+tone hold off. Synthetic validation cannot see this (its clean skin is the target); run it before
+shipping new weights beside ``ship_weights.sh``. The candidate ships when its mean shift is within
+±1 L* and its mean absolute shift is no larger than the bundled weights'.
 """
 from __future__ import annotations
 
@@ -19,10 +22,10 @@ import argparse
 import numpy as np
 
 from engine.imageio import from_float, load_image, to_float
-from engine.retoucher import Retoucher
 from engine.training.baselines import telea_heal
 from engine.training.metrics import srgb_to_lab
-from make_brush_figure import DATA, brushed_mask
+from app.maskedit import paint
+from make_brush_figure import DATA, brushed_mask, load_models
 
 # the six of the first measurements, and six more (with six, the mean moved by 0.3-0.5 L* between checkpoints of one run)
 DEFAULT = (
@@ -39,9 +42,10 @@ def lightness(rgb: np.ndarray) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--weights", action="append", required=True, help="NAME=PATH (repeat); the first one's mask is brushed")
+    ap.add_argument("--without-hold", action="store_true", help="a column for the first weights without the tone hold")
     ap.add_argument("--names", default=DEFAULT, help="comma-separated file names in ../shared/data/acne-faces")
     args = ap.parse_args()
-    models = [(n, Retoucher.load(p, device="cpu")) for n, p in (w.split("=", 1) for w in args.weights)]
+    models = load_models(args.weights, args.without_hold)
     shifts: dict[str, list[float]] = {n: [] for n, _ in models}
     shifts["Telea"] = []
     print("| photo | " + " | ".join(f"{n}: L* shift on clean skin under the brush" for n in shifts) + " |")
@@ -58,7 +62,7 @@ def main() -> None:
         cells = []
         for n, r in models:
             a = first if r is models[0][1] else r.analyze(photo)
-            after = lightness(r.composite(photo, r.render(a, mask), 1.0))[between].mean()
+            after = lightness(r.composite(photo, r.render(a, paint(a.mask, mask)), 1.0))[between].mean()
             shifts[n].append(float(after - before))
             cells.append(f"{after - before:+.2f}")
         telea = from_float(telea_heal(to_float(photo), mask, first.plan.px_per_mm), photo.dtype)

@@ -5,7 +5,8 @@
 Each held-out portrait gets synthetic blemishes (``engine.training.evaluate.face_size_pairs``,
 face ``--width`` px wide; ``--kind``: of one kind only, e.g. the broad ``redness`` and
 ``under_eye``); the brush is their exact mask above 0.15 grown by 2 mm and softened
-(``make_brush_figure.brushed_mask``, as a photographer brushes over a cluster). The whole
+(``make_brush_figure.brushed_mask``, as a photographer brushes over a cluster), painted over
+the model's own predicted mask as the program's brush paints it (``app.maskedit.paint``). The whole
 run-time path (``Retoucher.analyze`` → ``render`` with that mask → ``composite``) is scored against
 the clean face: PSNR inside the blemishes (exact mask above 0.2), on the clean skin under the brush
 (brush above 0.5, exact mask below 0.02) with its mean L* shift there, and over the whole photo.
@@ -26,6 +27,7 @@ from engine.training.baselines import telea_heal
 from engine.training.evaluate import DEFAULT_CLEAN, face_size_pairs
 from engine.training.metrics import psnr
 from engine.training.synth import BLEMISH_KINDS, FACE_WIDTH_MM, SynthConfig
+from app.maskedit import paint
 from brush_lightness import lightness
 from make_brush_figure import brushed_mask
 
@@ -54,15 +56,16 @@ def main() -> None:
         photo = np.round(raw * 255.0).astype(np.uint8)
         brush = brushed_mask(mask, px_per_mm)
         a = r.analyze(photo)
-        held = r.composite(photo, r.render(a, brush), 1.0).astype(np.float32) / 255.0
+        held = r.composite(photo, r.render(a, paint(a.mask, brush)), 1.0).astype(np.float32) / 255.0
         sigma, r.tone_sigma = r.tone_sigma, 0.0  # the hold off, for a fresh analysis
-        plain = r.composite(photo, r.render(r.analyze(photo), brush), 1.0).astype(np.float32) / 255.0
+        b = r.analyze(photo)
+        plain = r.composite(photo, r.render(b, paint(b.mask, brush)), 1.0).astype(np.float32) / 255.0
         r.tone_sigma = sigma
         telea = np.round(telea_heal(raw, brush, px_per_mm) * 255.0) / 255.0
         for n, out in zip(names, (held, plain, telea)):
             rows[n].append(scores(out, clean, mask, brush))
     kinds = args.kind or "the usual mix of"
-    print(f"{len(rows[names[0]])} held-out faces, {args.width} px wide, {kinds} blemishes brushed (exact mask grown by 2 mm)\n")
+    print(f"{len(rows[names[0]])} held-out faces, {args.width} px wide, {kinds} blemishes brushed (exact mask grown by 2 mm, painted over the predicted mask)\n")
     print("| fill | blemishes (dB) | clean skin under the brush (dB) | L* shift there | whole photo (dB) |")
     print("|---|---|---|---|---|")
     ref = np.array(rows[names[0]])

@@ -5,8 +5,9 @@
 
 What a photographer does when the predicted mask is patchy: brush over the whole cluster. The
 brushed mask is the predicted mask of the first weights above 0.15, grown by 2 mm and softened
-(0.7 mm), the same for every column; each set of weights renders it through the engine API
-(Retoucher.analyze -> render(mask) -> composite at strength 1), then Telea inpainting heals it.
+(0.7 mm), the same stroke for every column; each set of weights paints it over its own predicted
+mask, as the program's brush does (``app.maskedit.paint``), and renders that through the engine API
+(Retoucher.analyze -> render(mask) -> composite at strength 1); Telea inpainting heals the stroke.
 ``--without-hold`` adds the first weights with the tone hold of clean skin under the brush turned
 off (``Retoucher.tone_sigma = 0``: the fill as it comes, which takes the brush border's tone).
 The crop (220 px at 100 %, shown at 150 %) is the densest part of the mask. The photo is read in
@@ -23,6 +24,7 @@ import numpy as np
 from engine.imageio import from_float, load_image, save_image, to_float
 from engine.retoucher import Retoucher
 from engine.training.baselines import telea_heal
+from app.maskedit import paint
 from make_acne_figure import CROP, DATA, ROOT, densest  # the same photos, crop size and crop choice
 
 
@@ -33,6 +35,18 @@ def brushed_mask(predicted: np.ndarray, px_per_mm: float) -> np.ndarray:
     return cv2.GaussianBlur(m.astype(np.float32), (0, 0), px_per_mm * 0.7)
 
 
+def load_models(weights: list[str], without_hold: bool = False) -> list[tuple[str, Retoucher]]:
+    """``NAME=PATH`` weights loaded on the CPU; ``without_hold``: the first ones again, second, with
+    the tone hold of clean skin under the brush off (``Retoucher.tone_sigma = 0``)."""
+    models = [(n, Retoucher.load(p, device="cpu")) for n, p in (w.split("=", 1) for w in weights)]
+    if without_hold:
+        name, path = weights[0].split("=", 1)
+        plain = Retoucher.load(path, device="cpu")
+        plain.tone_sigma = 0.0
+        models.insert(1, (f"{name}, tone hold off", plain))
+    return models
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--weights", action="append", required=True, help="NAME=PATH (repeat); the first one's mask is brushed")
@@ -41,20 +55,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "resources" / "docs" / "brush_figure.png")
     args = ap.parse_args()
     photo = load_image(DATA / args.name).pixels
-    models = [(n, Retoucher.load(p, device="cpu")) for n, p in (w.split("=", 1) for w in args.weights)]
-    if args.without_hold:
-        name, path = args.weights[0].split("=", 1)
-        plain = Retoucher.load(path, device="cpu")
-        plain.tone_sigma = 0.0
-        models.insert(1, (f"{name}, tone hold off", plain))
+    models = load_models(args.weights, args.without_hold)
     first = models[0][1].analyze(photo)
     mask = brushed_mask(first.mask, first.plan.px_per_mm)
     y, x = densest(mask, CROP)
     sl = (slice(y, y + CROP), slice(x, x + CROP))
-    panels = [("photo (100 %)", photo), ("brushed mask", from_float(np.dstack([mask] * 3), np.uint8))]
+    shown = paint(first.mask, mask)
+    panels = [("photo (100 %)", photo), ("brushed mask", from_float(np.dstack([shown] * 3), np.uint8))]
     for name, r in models:
         a = first if r is models[0][1] else r.analyze(photo)
-        panels.append((name, r.composite(photo, r.render(a, mask), 1.0)))
+        panels.append((name, r.composite(photo, r.render(a, paint(a.mask, mask)), 1.0)))
     panels.append(("Telea", from_float(telea_heal(to_float(photo), mask, first.plan.px_per_mm), np.uint8)))
     tiles = []
     for label, img in panels:
