@@ -7,7 +7,8 @@ A photographer brushes over a whole acne cluster (the first weights' predicted m
 grown by 2 mm: ``make_brush_figure.brushed_mask``), so the fill covers clean skin between the
 spots as well. The stroke is painted over each weights' own predicted mask, as the program's
 brush paints it (``app.maskedit.paint``: the rest of the prediction stays). On that clean skin
-(inside the brush, the first weights' predicted mask below 0.05) the retouched photo should keep
+(inside the brush, the first weights' predicted mask below 0.05: with this stroke mostly the spots'
+rims, within 1 mm of where that mask reaches 0.05) the retouched photo should keep
 the photo's lightness: the mean CIELAB L* shift there is printed per photo and per weights
 (positive = paler), and beside them for OpenCV's Telea inpainting of the same stroke (the
 classical fill a photographer already has); ``--without-hold`` adds the first weights with the
