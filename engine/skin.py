@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
 
 from engine.errors import ImageError
 
-__all__ = ["skin_mask", "skin_colour", "as_float_rgb", "fill_small_holes", "odd"]
+__all__ = ["skin_mask", "skin_colour", "foreign_colour_t", "as_float_rgb", "fill_small_holes", "odd"]
 
 # Chroma box on the 8-bit YCrCb scale (slightly wider than Chai & Ngan's 133-173 / 77-127).
 _CR_RANGE = (130.5, 180.0)
@@ -33,6 +34,12 @@ _HUE_WRAP = 340.0
 _SAT_RANGE = (0.035, 0.75)
 _VAL_MIN = 0.22
 _MAHALANOBIS_MAX = 3.0
+# Colours no skin takes in any light (foreign_colour_t): grey or white (a collar, a shirt, the
+# white of an eye, a specular highlight), near black (hair, a deep shadow), green to violet.
+_GREY_SAT = 0.07
+_BLACK_VAL = 0.12
+_FOREIGN_HUE = (75.0, 300.0)
+_FOREIGN_SAT = 0.15
 
 
 def as_float_rgb(img: np.ndarray, name: str = "image") -> np.ndarray:
@@ -147,6 +154,25 @@ def skin_colour(img: np.ndarray) -> np.ndarray:
         & ((hue <= _HUE_MAX) | (hue >= _HUE_WRAP))
         & (sat >= _SAT_RANGE[0]) & (sat <= _SAT_RANGE[1]) & (val >= _VAL_MIN)
     )
+
+
+def foreign_colour_t(x: torch.Tensor) -> torch.Tensor:
+    """Pixels of (B, 3, H, W) RGB in [0, 1] whose colour no skin has, however warm, cool, pale or
+    dark the light: grey or white, near black, or clearly green, blue or violet. Bool (B, 1, H, W).
+
+    Narrower than :func:`skin_colour` on purpose: a strong colour cast (tungsten, a sunset) takes
+    skin out of that rule's chroma box, never into these. HSV as OpenCV's float conversion (hue in
+    degrees), written out so that it runs where the tensor is (the model's fill, on a GPU too)."""
+    x = x.float()
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    val = torch.maximum(torch.maximum(r, g), b)
+    span = val - torch.minimum(torch.minimum(r, g), b)
+    sat = span / val.clamp_min(1e-6)
+    d = span.clamp_min(1e-6)
+    hue = torch.where(val == r, 60.0 * (g - b) / d, torch.where(val == g, 120.0 + 60.0 * (b - r) / d, 240.0 + 60.0 * (r - g) / d))
+    hue = torch.remainder(hue, 360.0)
+    tinted = (hue > _FOREIGN_HUE[0]) & (hue < _FOREIGN_HUE[1]) & (sat > _FOREIGN_SAT)
+    return (sat < _GREY_SAT) | (val < _BLACK_VAL) | tinted
 
 
 def skin_mask(img: np.ndarray) -> np.ndarray:

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from engine.model import ModelConfig, RetouchFormer
-from engine.model.fill import TEXTURE_MM, anchor_fill, anchor_fill_np, gaussian_blur, push_pull
+from engine.model.fill import TEXTURE_MM, anchor_fill, anchor_fill_np, gaussian_blur, push_pull, source_weight
+from engine.skin import foreign_colour_t
 from engine.training.metrics import mean_delta_e
 
 
@@ -51,6 +52,62 @@ def test_filled_spot_has_the_colour_of_the_skin_around_it() -> None:
     brushed = cv2.dilate(spot.astype(np.float32), np.ones((5, 5), np.uint8))
     out = raw + brushed[..., None] * (anchor_fill_np(raw, brushed) - raw)
     assert mean_delta_e(out, clean, spot) < 2.0
+
+
+def _rgb(*colours: tuple[float, float, float]) -> torch.Tensor:
+    return torch.tensor(colours, dtype=torch.float32).T.reshape(1, 3, 1, -1)
+
+
+def test_no_skin_has_the_colours_a_fill_leaves_out_whatever_the_light() -> None:
+    """Skin under daylight, tungsten (orange), shade (cool) and flash, pale to dark, and a red
+    papule are never foreign; a white collar, a grey wall, black hair, a blue shirt and green
+    leaves always are."""
+    skin = _rgb((0.87, 0.68, 0.58), (0.55, 0.36, 0.25), (0.30, 0.19, 0.13), (0.95, 0.62, 0.25),
+                (0.72, 0.66, 0.68), (0.96, 0.90, 0.86), (0.80, 0.40, 0.40))
+    other = _rgb((0.95, 0.95, 0.94), (0.55, 0.56, 0.58), (0.08, 0.06, 0.05), (0.20, 0.30, 0.60), (0.25, 0.55, 0.20))
+    assert not foreign_colour_t(skin).any()
+    assert foreign_colour_t(other).all()
+
+
+def _skin_above_collar(size: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    """Textured skin with a white collar along the bottom (rows 70 on) and a brushed patch that
+    reaches down to the collar (rows 50-69)."""
+    clean, _, _ = _skin_with_spot(size=size)
+    img = clean.copy()
+    img[70:] = np.array([0.95, 0.95, 0.94], np.float32)
+    mask = np.zeros((size, size), np.float32)
+    mask[50:70, 30:66] = 1.0
+    return img, mask
+
+
+def test_a_fill_beside_a_white_collar_takes_the_colour_of_the_skin() -> None:
+    """The brushed patch above a collar is filled with the skin's colour, not paled towards the
+    white (what classical push-pull and the model's anchor did before: a pale patch)."""
+    img, mask = _skin_above_collar()
+    fill = anchor_fill_np(img, mask)
+    patch = mask > 0.5
+    lab = lambda im: cv2.cvtColor(im, cv2.COLOR_RGB2Lab)[patch].mean(axis=0)  # noqa: E731
+    skin_only = img.copy()
+    skin_only[70:] = img[44:70][::-1]  # the same skin mirrored where the collar was
+    assert abs(lab(fill)[0] - lab(skin_only)[0]) < 1.5
+    assert mean_delta_e(fill, skin_only, patch) < 2.0
+    x = torch.from_numpy(img).permute(2, 0, 1)[None]
+    w = source_weight(x)
+    assert float(w[..., 75:, :].max()) == 0.0 and float(w[..., :65, :].min()) == 1.0
+
+
+def test_where_no_skin_is_within_reach_every_pixel_is_a_source() -> None:
+    """A grey-and-blue crop with no skin at all (or a cast no rule takes) fills as before: from
+    every pixel around, not from nothing."""
+    rng = np.random.default_rng(3)
+    img = np.clip(0.5 + rng.normal(0, 0.005, (64, 64, 3)), 0, 1).astype(np.float32)
+    img[:, 32:] = np.array([0.2, 0.3, 0.6], np.float32)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None]
+    assert torch.equal(source_weight(x), torch.ones_like(x[:, :1]))
+    mask = np.zeros((64, 64), np.float32)
+    mask[24:40, 8:24] = 1.0
+    fill = anchor_fill_np(img, mask)
+    assert np.abs(fill[26:38, 10:22] - 0.5).max() < 0.06
 
 
 def test_fill_keeps_skin_texture_inside_a_brushed_area() -> None:

@@ -7,8 +7,10 @@ ones). :func:`anchor_fill` does the same, differentiably and in a few millisecon
 1. The photo is split into a low band (Gaussian blur of ``sigma`` px) and the texture above it.
 2. The low band inside the mask is filled from the surrounding skin by *push-pull* (normalised
    convolution on an image pyramid): every level averages the known pixels (weight ``(1 - mask)^8``:
-   blemish pixels count for little or nothing), and the fill is read from the finest level that knows
-   enough, so small spots take the colour right around them and large patches a smooth blend.
+   blemish pixels count for little or nothing; pixels without a skin colour, such as a white
+   collar, hair or an eye, count for nothing where there is skin within reach:
+   :func:`source_weight`), and the fill is read from the finest level that knows enough, so small
+   spots take the colour right around them and large patches a smooth blend.
 3. The texture is kept where it looks like the surrounding skin and turned down where it is
    stronger than the skin's own grain (the blemish's rim, a pustule's head): its local energy is
    compared with the grain energy filled in from the surroundings the same way.
@@ -22,7 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["anchor_fill", "anchor_fill_np", "hold_tone", "hold_tone_np", "push_pull", "known_weight", "gaussian_blur", "TEXTURE_MM", "REACH_MM", "TONE_MM"]
+from engine.skin import foreign_colour_t
+
+__all__ = ["anchor_fill", "anchor_fill_np", "hold_tone", "hold_tone_np", "push_pull", "known_weight", "source_weight", "gaussian_blur", "TEXTURE_MM", "REACH_MM", "TONE_MM"]
 
 _EPS = 1e-6
 #: Scale (mm of skin) below which the photo's detail counts as texture: pores, fine grain.
@@ -46,6 +50,9 @@ TONE_FULL = 0.05
 #: circle, a flush) still replaces its tone with the skin's around it: that is what it is for.
 TONE_NEAR = 0.02
 TONE_SPOT = 0.15
+#: Share of an image's pixels that must have a skin's colour for a fill to take its colour from
+#: them only (:func:`source_weight`); below it (no skin at all, a cast no rule takes), every pixel.
+SKIN_PRESENT = 0.05
 
 
 def known_weight(mask: torch.Tensor) -> torch.Tensor:
@@ -59,6 +66,18 @@ def known_weight(mask: torch.Tensor) -> torch.Tensor:
     m = (1.0 - mask).clamp(0.0, 1.0).square()
     m = m.square()
     return m.square()
+
+
+def source_weight(x: torch.Tensor) -> torch.Tensor:
+    """Which pixels of ``x`` (B, 3, H, W) a fill may take colour from: (B, 1, H, W) in [0, 1].
+
+    0 on colours no skin has (:func:`engine.skin.foreign_colour_t`: a white collar or shirt under
+    the jaw, dark hair, the white of an eye, a grey wall), 1 elsewhere; in an image with next to no
+    skin (:data:`SKIN_PRESENT`) every pixel counts, as without this weight.
+    """
+    skin = (~foreign_colour_t(x)).to(x.dtype)
+    present = (skin.mean((-2, -1), keepdim=True) / SKIN_PRESENT).clamp(0.0, 1.0)
+    return skin + (1.0 - skin) * (1.0 - present)
 
 
 def _kernel(sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -80,25 +99,28 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.pad(y, (0, 0, r, r), mode=mode), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
-def push_pull(values: torch.Tensor, weight: torch.Tensor, reach: float | None = None) -> torch.Tensor:
+def push_pull(values: torch.Tensor, weight: torch.Tensor, reach: float | None = None, own: torch.Tensor | None = None) -> torch.Tensor:
     """Fill (B, C, H, W) ``values`` where ``weight`` (B, 1, H, W) in [0, 1] is low from where it is high.
 
     Push: a pyramid of weighted sums (2x2 averages), ``reach`` pixels deep at most (None: to a
     single pixel). Pull: from the coarsest level down, each level's normalised average is used
     as far as that level knows enough (its mean weight, doubled, capped at 1), the upsampled
     coarser result elsewhere. Where even the coarsest level knows nothing, the values keep their
-    own (unweighted) average there: a fill never fetches colour from further than ``reach``
-    (across the face, from hair or background). Where the weight is 1 the value is unchanged.
+    own average there, weighted by ``own`` (B, 1, H, W; None: unweighted): a fill never fetches
+    colour from further than ``reach`` (across the face, from hair or background). Where the
+    weight is 1 the value is unchanged.
     """
     levels = 64 if reach is None else max(1, int(np.ceil(np.log2(max(2.0, reach)))))
-    pyramid = [(values * weight, weight, values)]
+    o = torch.ones_like(weight) if own is None else own
+    pyramid = [(values * weight, weight, values * o, o, values)]
     while min(pyramid[-1][1].shape[-2:]) > 1 and len(pyramid) <= levels:
-        c, w, v = pyramid[-1]
-        pyramid.append((F.avg_pool2d(c, 2, ceil_mode=True), F.avg_pool2d(w, 2, ceil_mode=True), F.avg_pool2d(v, 2, ceil_mode=True)))
-    c, w, v = pyramid[-1]
+        pyramid.append(tuple(F.avg_pool2d(t, 2, ceil_mode=True) for t in pyramid[-1]))
+    c, w, vo, o, v = pyramid[-1]
     a = (2.0 * w).clamp(0.0, 1.0)
-    out = a * (c / w.clamp_min(_EPS)) + (1.0 - a) * v  # too little known even here: its own average
-    for c, w, _ in reversed(pyramid[:-1]):
+    # too little known even here: its own average (where ``own`` is 0 throughout, the plain one)
+    mean = torch.where(o > _EPS, vo / o.clamp_min(_EPS), v)
+    out = a * (c / w.clamp_min(_EPS)) + (1.0 - a) * mean
+    for c, w, *_ in reversed(pyramid[:-1]):
         up = F.interpolate(out, size=c.shape[-2:], mode="bilinear", align_corners=False)
         a = (2.0 * w).clamp(0.0, 1.0)
         out = a * (c / w.clamp_min(_EPS)) + (1.0 - a) * up
@@ -112,13 +134,14 @@ def anchor_fill(x: torch.Tensor, mask: torch.Tensor, sigma: float = 1.0) -> torc
     the texture scale in pixels (:data:`TEXTURE_MM` at the image's scale: 1 px at 1.6 px/mm);
     colour is fetched from at most :data:`REACH_MM` away.
     """
-    w = known_weight(mask)
     reach = REACH_MM / TEXTURE_MM * sigma
+    src = source_weight(x)
+    w = known_weight(mask) * src
     low = gaussian_blur(x, sigma)
     texture = x - low
-    low_fill = push_pull(low, w, reach)
+    low_fill = push_pull(low, w, reach, own=src)
     energy = gaussian_blur(texture.square().mean(1, keepdim=True), 2.0 * sigma)
-    grain = push_pull(energy, w, reach)
+    grain = push_pull(energy, w, reach, own=src)
     gain = ((grain + 1e-6) / (energy + 1e-6)).sqrt().clamp(max=1.0)
     return (low_fill + gain * texture).clamp(0.0, 1.0)
 
