@@ -7,9 +7,9 @@ ones). :func:`anchor_fill` does the same, differentiably and in a few millisecon
 1. The photo is split into a low band (Gaussian blur of ``sigma`` px) and the texture above it.
 2. The low band inside the mask is filled from the surrounding skin by *push-pull* (normalised
    convolution on an image pyramid): every level averages the known pixels (weight ``(1 - mask)^8``:
-   blemish pixels count for little or nothing; pixels without a skin colour, such as a white
-   collar, hair or an eye, count for nothing where there is skin within reach:
-   :func:`source_weight`), and the fill is read from the finest level that knows enough, so small
+   blemish pixels count for little or nothing; pixels of a colour no skin has, such as a white
+   collar, black hair or the white of an eye, count for nothing unless the image holds next to no
+   skin: :func:`source_weight`), and the fill is read from the finest level that knows enough, so small
    spots take the colour right around them and large patches a smooth blend.
 3. The texture is kept where it looks like the surrounding skin and turned down where it is
    stronger than the skin's own grain (the blemish's rim, a pustule's head): its local energy is
