@@ -96,8 +96,8 @@ def test_a_fill_beside_a_white_collar_takes_the_colour_of_the_skin() -> None:
     assert float(w[..., 75:, :].max()) == 0.0 and float(w[..., :65, :].min()) == 1.0
 
 
-def test_where_no_skin_is_within_reach_every_pixel_is_a_source() -> None:
-    """A grey-and-blue crop with no skin at all (or a cast no rule takes) fills as before: from
+def test_in_an_image_without_skin_every_pixel_is_a_source() -> None:
+    """A grey-and-blue image with no skin at all (or a cast no rule takes) fills as before: from
     every pixel around, not from nothing."""
     rng = np.random.default_rng(3)
     img = np.clip(0.5 + rng.normal(0, 0.005, (64, 64, 3)), 0, 1).astype(np.float32)
