@@ -56,7 +56,7 @@ from engine.model.config import ModelConfig
 from engine.model.fill import TONE_MM, anchor_fill_np, hold_tone_np
 from engine.model.retouchformer import Encoded, RetouchFormer
 from engine.paths import default_weights_path
-from engine.features import protection
+from engine.features import protection, under_eyes
 from engine.skin import skin_colour
 
 __all__ = ["Retoucher", "Analysis", "Correction", "RenderPlan", "resolve_device"]
@@ -83,6 +83,7 @@ class _RegionState:
     gain_n: np.ndarray  # detail gain, n x n float32
     pred_delta_n: np.ndarray | None = None  # raw synthesis - input for the predicted mask (lazy)
     pred_mask_n: np.ndarray | None = None  # mask of that synthesis (None: the mask net's own)
+    hold_n: np.ndarray | None = None  # where the tone hold applies, n x n float32 (0 below the eyes; None: everywhere)
     memo: OrderedDict = field(default_factory=OrderedDict)  # edit crop -> (mask crop, synthesis - input)
 
 
@@ -288,7 +289,8 @@ class Retoucher:
         if self.tone_sigma > 0:  # clean skin under the brush keeps the photo's tone
             x0, y0, x1, y1 = crop
             x = state.x_n[y0:y1, x0:x1]
-            out = hold_tone_np(x, x + out, m_crop, state.mask_n[y0:y1, x0:x1], self.tone_sigma) - x
+            keep = None if state.hold_n is None else state.hold_n[y0:y1, x0:x1]
+            out = hold_tone_np(x, x + out, m_crop, state.mask_n[y0:y1, x0:x1], self.tone_sigma, keep) - x
         state.memo[crop] = (m_crop.copy(), out)
         while len(state.memo) > SYNTH_MEMO:
             state.memo.popitem(last=False)
@@ -321,7 +323,8 @@ class Retoucher:
         """Crop, bring to the working scale, run encoder + prior + mask net, measure the detail.
 
         The predicted mask is kept off the eyes, brows, nostrils and lips of ``faces``
-        (engine.features), and away from faces off pixels without a skin colour."""
+        (engine.features), and away from faces off pixels without a skin colour. The tone hold
+        under a brush is turned off below their eyes (``hold_n``)."""
         crop = pl.extract_crop(image, region)
         x_n = pl.to_work(crop, region.n)
         with torch.inference_mode():
@@ -334,7 +337,9 @@ class Retoucher:
         if keep_off is not None:
             mask_n = mask_n * (1.0 - keep_off)
         gain_n = pl.detail_gain(crop, x_n, mask_n)
-        return _RegionState(region, enc, x_n, mask_n, gain_n)
+        below_eyes = under_eyes(faces, region.crop, region.n)
+        hold_n = None if below_eyes is None else 1.0 - below_eyes
+        return _RegionState(region, enc, x_n, mask_n, gain_n, hold_n=hold_n)
 
     def _analyze_extra(self, a: "Analysis", region: rg.Region) -> _RegionState:
         """A region for strokes outside every planned one: edits there are laid over the
@@ -630,7 +635,8 @@ class Retoucher:
         x = state.x_n[fy0:fy1, fx0:fx1]
         filled = anchor_fill_np(x, m_in, float(self.model.synthesis.texture_sigma))
         if self.tone_sigma > 0:
-            filled = hold_tone_np(x, filled, m_in, state.mask_n[fy0:fy1, fx0:fx1], self.tone_sigma)
+            keep = None if state.hold_n is None else state.hold_n[fy0:fy1, fx0:fx1]
+            filled = hold_tone_np(x, filled, m_in, state.mask_n[fy0:fy1, fx0:fx1], self.tone_sigma, keep)
         filled = filled - x
         c = pl.edit_blend(ch)
         ix0, iy0, ix1, iy1 = inner

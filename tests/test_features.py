@@ -56,3 +56,24 @@ def test_predicted_mask_leaves_the_eyes_alone(monkeypatch, tmp_path) -> None:
     user[int(ey) - 3 : int(ey) + 3, int(ex) - 3 : int(ex) + 3] = 1.0
     c = r.render(a, user)
     assert any(p.box[0] <= ex < p.box[2] and p.box[1] <= ey < p.box[3] for p in c.patches)
+
+
+def test_the_skin_below_each_eye_is_placed_by_the_landmarks() -> None:
+    """under_eyes: the skin just below each eye (where a dark circle lies), not the cheek further
+    down, the nose or the bridge between the eyes; it turns with a rolled head like the features."""
+    from engine.features import under_eyes
+
+    face = fake_face((100, 100, 300, 300))  # eyes at (160, 180), (240, 180); eye distance 80 (91 for the face's width)
+    z = under_eyes([face], (0, 0, 400, 400), 400)
+    assert z is not None and z.shape == (400, 400)
+    for x, y in [(160, 192), (140, 192), (180, 192), (240, 192), (240, 200)]:
+        assert z[y, x] > 0.99, (x, y)
+    for x, y in [(160, 225), (125, 225), (200, 220), (200, 192), (160, 150)]:  # cheek, nose, bridge, brow
+        assert z[y, x] < 0.01, (x, y)
+    assert under_eyes([face], (1000, 1000, 1200, 1200), 100) is None
+    c, s = np.cos(np.radians(30)), np.sin(np.radians(30))
+    rot = tuple((200 + c * (x - 200) - s * (y - 200), 200 + s * (x - 200) + c * (y - 200)) for x, y in face.landmarks)
+    zr = under_eyes([Face(face.box, rot, 0.9)], (0, 0, 400, 400), 400)
+    d = 200 / 2.2
+    for ex, ey in rot[:2]:  # 0.15 d below each eye along the rotated "down"
+        assert zr[int(round(ey + 0.15 * d * c)), int(round(ex - 0.15 * d * s))] > 0.99

@@ -237,3 +237,26 @@ def test_a_brush_over_skin_with_no_spot_found_evens_it_out() -> None:
     centre = brush > 0.9
     L = lambda im: cv2.cvtColor(im, cv2.COLOR_RGB2Lab)[..., 0]  # noqa: E731
     assert L(clean + brush[..., None] * (held - clean))[centre].mean() > L(clean)[centre].mean() + 1.0  # evened: lighter
+
+
+def test_the_tone_hold_applies_only_where_keep_lets_it() -> None:
+    """``keep`` scales the hold pixel by pixel: 0 leaves the fill as it comes (the program passes
+    0 below the eyes), 1 is the hold in full, as without ``keep``; in between, part of the way."""
+    from engine.model.fill import TONE_MM, hold_tone_np
+
+    _, raw, brush, spots = _blushed_cluster()
+    pred = np.maximum.reduce(spots)
+    sigma = TONE_MM * 1.6
+    fill = anchor_fill_np(raw, brush)
+    held = hold_tone_np(raw, fill, brush, pred, sigma)
+    assert np.abs(held - fill).max() > 0.02  # the hold moves this fill
+    ones, zeros = np.ones(brush.shape, np.float32), np.zeros(brush.shape, np.float32)
+    assert np.abs(hold_tone_np(raw, fill, brush, pred, sigma, ones) - held).max() < 1e-6
+    assert np.abs(hold_tone_np(raw, fill, brush, pred, sigma, zeros) - fill).max() < 1e-6
+    keep = ones.copy()
+    keep[:, : brush.shape[1] // 2] = 0.0  # the hold off on the left half only
+    part = hold_tone_np(raw, fill, brush, pred, sigma, keep)
+    left, right = np.s_[:, : brush.shape[1] // 2], np.s_[:, brush.shape[1] // 2 :]
+    assert np.abs(part[left] - fill[left]).max() < 1e-6 and np.abs(part[right] - held[right]).max() < 1e-6
+    half = hold_tone_np(raw, fill, brush, pred, sigma, ones * 0.5)
+    np.testing.assert_allclose(half, np.clip(fill + 0.5 * (held - fill), 0, 1), atol=1e-5)

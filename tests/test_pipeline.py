@@ -649,3 +649,51 @@ def test_a_broad_brush_over_a_flushed_cheek_leaves_no_pale_patch(app_retoucher, 
     plain = lightness_shift(r.composite(photo, r.render(a, brush), 1.0))
     assert abs(held) < 0.5 < plain
     assert abs(held_preview) < 0.5 < preview_shift(a)
+
+
+def test_a_brush_over_an_under_eye_circle_takes_its_tone_away(app_retoucher, make_portrait, monkeypatch):
+    """A photographer brushes over a dark circle below an eye, with two spots at the lash line: the
+    tone hold, which near spots keeps the photo's tone on the clean skin under a brush, stays off
+    below the eyes (engine.features.under_eyes), so the circle takes the cheek's tone as it would
+    with the hold off everywhere, through the whole run-time path. With the zone taken away, the
+    hold keeps the circle darker."""
+    import engine.retoucher as retoucher_mod
+    from engine.features import under_eyes
+
+    img, _ = make_portrait(1024, 768, seed=0)
+    r = app_retoucher
+    a = r.analyze(img)
+    assert len(a.faces) == 1
+    f = a.faces[0]
+    (ex, ey), (rx, ry) = f.landmarks[0], f.landmarks[1]
+    d = float(np.hypot(rx - ex, ry - ey))
+    ppm = a.plan.px_per_mm
+    h, w = img.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    circle = np.exp(-(((xx - ex) / (0.3 * d)) ** 2 + ((yy - ey - 0.18 * d) / (0.12 * d)) ** 2))
+    photo = img * (1 - 0.6 * circle[..., None] * np.array([0.22, 0.31, 0.25]))
+    for sx in (-0.12, 0.1):  # two spots at the lash line
+        spot = np.exp(-((xx - ex - sx * d) ** 2 + (yy - ey - 0.1 * d) ** 2) / (2 * (0.6 * ppm) ** 2))
+        photo = photo * (1 - 0.5 * spot[..., None] * np.array([0.2, 0.45, 0.4]))
+    photo = np.clip(photo, 0, 255).round().astype(np.uint8)
+    brush = cv2.GaussianBlur((circle > 0.3).astype(np.float32), (0, 0), ppm)
+    n = max(h, w)
+    zone = under_eyes(a.faces, (0, 0, n, n), n)[:h, :w]
+    L = lambda im: cv2.cvtColor(im, cv2.COLOR_RGB2Lab)[..., 0].astype(np.float32) * 100 / 255  # noqa: E731
+
+    def retouched() -> np.ndarray:
+        b = r.analyze(photo)
+        return r.composite(photo, r.render(b, np.maximum(b.mask, brush)), 1.0), b.mask
+
+    out, pred = retouched()
+    inside = (circle > 0.5) & (pred < 0.05)
+    core = inside & (zone > 0.99)
+    assert core.sum() > 500
+    assert L(out)[inside].mean() > L(photo)[inside].mean() + 2.0  # the circle is lifted
+    monkeypatch.setattr(r, "tone_sigma", 0.0)
+    off, _ = retouched()
+    assert np.abs(out.astype(np.float32) - off)[core].mean() < 0.5  # as with the hold off
+    monkeypatch.undo()
+    monkeypatch.setattr(retoucher_mod, "under_eyes", lambda *args, **kw: None)
+    held, _ = retouched()
+    assert L(held)[inside].mean() < L(out)[inside].mean() - 1.0  # without the zone the hold keeps it dark

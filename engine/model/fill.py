@@ -146,7 +146,7 @@ def anchor_fill(x: torch.Tensor, mask: torch.Tensor, sigma: float = 1.0) -> torc
     return (low_fill + gain * texture).clamp(0.0, 1.0)
 
 
-def hold_tone(x: torch.Tensor, synth: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor, sigma: float) -> torch.Tensor:
+def hold_tone(x: torch.Tensor, synth: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor, sigma: float, keep: torch.Tensor | None = None) -> torch.Tensor:
     """``synth`` (B, 3, H, W), a fill of ``x`` under a brushed ``mask``, with the tone of the clean
     skin under the brush put back: the tone is the photo's where the mask net sees clean skin.
 
@@ -160,7 +160,10 @@ def hold_tone(x: torch.Tensor, synth: torch.Tensor, mask: torch.Tensor, pred: to
     outliers of the photo (:data:`TONE_CONTRAST`), and added back near the spots ``pred`` found
     (:data:`TONE_NEAR`): the tone above that scale is the photo's, the spots below it are still
     filled. Where the brush covers little clean skin (:data:`TONE_FULL`) or no spot was found
-    nearby, the fill stays as it is.
+    nearby, the fill stays as it is. ``keep`` (B, 1, H, W) in [0, 1], when given, scales the hold
+    pixel by pixel: the program passes 0 below the eyes (:func:`engine.features.under_eyes`), where
+    a brush is meant to take a dark circle's tone away and spots at the lash line would otherwise
+    keep it.
     """
     x, synth = x.float(), synth.float()
     d = x - synth
@@ -168,6 +171,8 @@ def hold_tone(x: torch.Tensor, synth: torch.Tensor, mask: torch.Tensor, pred: to
     w = mask.float() * known_weight(pred.float()) * torch.exp(-((local / TONE_CONTRAST) ** 2))
     num, den = gaussian_blur(d * w, sigma), gaussian_blur(w, sigma)
     near = (gaussian_blur((pred.float() > TONE_SPOT).float(), sigma) / TONE_NEAR).clamp(0.0, 1.0)
+    if keep is not None:
+        near = near * keep.float()
     shift = num / den.clamp_min(_EPS) * (den / TONE_FULL).clamp(0.0, 1.0) * near
     return (synth + shift).clamp(0.0, 1.0)
 
@@ -178,10 +183,10 @@ def _nchw(a: np.ndarray) -> torch.Tensor:
     return t.permute(2, 0, 1)[None] if t.ndim == 3 else t[None, None]
 
 
-def hold_tone_np(image: np.ndarray, synth: np.ndarray, mask: np.ndarray, pred: np.ndarray, sigma: float) -> np.ndarray:
+def hold_tone_np(image: np.ndarray, synth: np.ndarray, mask: np.ndarray, pred: np.ndarray, sigma: float, keep: np.ndarray | None = None) -> np.ndarray:
     """:func:`hold_tone` for float32 HxWx3 ``image`` and ``synth`` and HxW masks (NumPy in and out)."""
     with torch.inference_mode():
-        y = hold_tone(_nchw(image), _nchw(synth), _nchw(mask), _nchw(pred), sigma)
+        y = hold_tone(_nchw(image), _nchw(synth), _nchw(mask), _nchw(pred), sigma, None if keep is None else _nchw(keep))
     return y[0].permute(1, 2, 0).numpy().copy()
 
 
