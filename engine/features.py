@@ -39,7 +39,8 @@ FEATURES = {
 }
 #: the skin just below each eye, from the lower lid down (same units): where a dark circle is
 #: darkest. Held small: on real acne photos a larger zone (0.38 x 0.18 d, 0.24 d below) took the
-#: hold off acne on the upper cheek (tests/bench/brush_lightness.py: 0.27 against 0.22 L*).
+#: hold off acne on the upper cheek (the twelve photos of tests/bench/brush_lightness.py: 0.27
+#: against 0.22 L* mean absolute shift; model card, "The tone hold off below the eyes").
 UNDER_EYES = {
     "right under-eye": ("eye0", 0.0, 0.15, 0.28, 0.10),
     "left under-eye": ("eye1", 0.0, 0.15, 0.28, 0.10),
