@@ -681,7 +681,7 @@ def test_a_brush_over_an_under_eye_circle_takes_its_tone_away(app_retoucher, mak
     zone = under_eyes(a.faces, (0, 0, n, n), n)[:h, :w]
     L = lambda im: cv2.cvtColor(im, cv2.COLOR_RGB2Lab)[..., 0].astype(np.float32) * 100 / 255  # noqa: E731
 
-    def retouched() -> np.ndarray:
+    def retouched() -> tuple[np.ndarray, np.ndarray]:  # (the retouched photo, its predicted mask)
         b = r.analyze(photo)
         return r.composite(photo, r.render(b, np.maximum(b.mask, brush)), 1.0), b.mask
 
