@@ -606,6 +606,11 @@ def test_correction_update_and_rect_composite():
     assert c.update(Correction(shape, np.dtype(np.uint8), [], rect=None)).patches == []  # a full one replaces all
 
 
+def _lightness(im: np.ndarray) -> np.ndarray:
+    """L* (0-100) of an 8-bit RGB image, per pixel."""
+    return cv2.cvtColor(im, cv2.COLOR_RGB2Lab)[..., 0].astype(np.float32) * 100 / 255
+
+
 def test_a_broad_brush_over_a_flushed_cheek_leaves_no_pale_patch(app_retoucher, make_portrait, monkeypatch):
     """The bundled model under a photographer's broad brush (a disc 2.6 cm across around a spot, on
     skin that is redder and darker there): the clean skin under the brush within 8 mm of the spot
@@ -630,8 +635,7 @@ def test_a_broad_brush_over_a_flushed_cheek_leaves_no_pale_patch(app_retoucher, 
     assert between.sum() > 1500
 
     def lightness_shift(out: np.ndarray) -> float:
-        L = lambda im: cv2.cvtColor(im, cv2.COLOR_RGB2Lab)[..., 0].astype(np.float32) * 100 / 255  # noqa: E731
-        return float(L(out)[between].mean() - L(photo)[between].mean())
+        return float(_lightness(out)[between].mean() - _lightness(photo)[between].mean())
 
     def preview_shift(a) -> float:  # the classical fill the GUI shows while the model runs
         mask = np.maximum(a.mask, brush)
@@ -679,7 +683,6 @@ def test_a_brush_over_an_under_eye_circle_takes_its_tone_away(app_retoucher, mak
     brush = cv2.GaussianBlur((circle > 0.3).astype(np.float32), (0, 0), ppm)
     n = max(h, w)
     zone = under_eyes(a.faces, (0, 0, n, n), n)[:h, :w]
-    L = lambda im: cv2.cvtColor(im, cv2.COLOR_RGB2Lab)[..., 0].astype(np.float32) * 100 / 255  # noqa: E731
 
     def retouched() -> tuple[np.ndarray, np.ndarray]:  # (the retouched photo, its predicted mask)
         b = r.analyze(photo)
@@ -689,11 +692,11 @@ def test_a_brush_over_an_under_eye_circle_takes_its_tone_away(app_retoucher, mak
     inside = (circle > 0.5) & (pred < 0.05)
     core = inside & (zone > 0.99)
     assert core.sum() > 500
-    assert L(out)[inside].mean() > L(photo)[inside].mean() + 2.0  # the circle is lifted
+    assert _lightness(out)[inside].mean() > _lightness(photo)[inside].mean() + 2.0  # the circle is lifted
     monkeypatch.setattr(r, "tone_sigma", 0.0)
     off, _ = retouched()
     assert np.abs(out.astype(np.float32) - off)[core].mean() < 0.5  # as with the hold off
     monkeypatch.undo()
     monkeypatch.setattr(retoucher_mod, "under_eyes", lambda *args, **kw: None)
     held, _ = retouched()
-    assert L(held)[inside].mean() < L(out)[inside].mean() - 1.0  # without the zone the hold keeps it dark
+    assert _lightness(held)[inside].mean() < _lightness(out)[inside].mean() - 1.0  # without the zone the hold keeps it dark
