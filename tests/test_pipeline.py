@@ -11,11 +11,13 @@ from engine import pipeline as pl
 from engine import regions as rg
 from engine.compositor import Correction, CorrectionBuilder, Patch, blend_weights, composite
 from engine.faces import Face
+from engine.imageio import to_float
 from engine.errors import Cancelled, ImageError, RetouchError, WeightsError
 from engine.model.checkpoint import save_model
 from engine.model.config import ModelConfig
 from engine.model.retouchformer import RetouchFormer
 from engine.retoucher import Analysis, Retoucher
+from engine.training.metrics import srgb_to_lab
 
 FACE = (150, 110, 310, 270)  # a 160 px "face" box in a 480x400 photo
 
@@ -607,8 +609,8 @@ def test_correction_update_and_rect_composite():
 
 
 def _lightness(im: np.ndarray) -> np.ndarray:
-    """L* (0-100) of an 8-bit RGB image, per pixel."""
-    return cv2.cvtColor(im, cv2.COLOR_RGB2Lab)[..., 0].astype(np.float32) * 100 / 255
+    """L* (0-100) of an 8-bit RGB image, per pixel: the evaluation's colour conversion."""
+    return srgb_to_lab(to_float(im))[..., 0]
 
 
 def test_a_broad_brush_over_a_flushed_cheek_leaves_no_pale_patch(app_retoucher, make_portrait, monkeypatch):
