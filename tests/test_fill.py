@@ -10,7 +10,7 @@ import torch
 from engine.model import ModelConfig, RetouchFormer
 from engine.model.fill import TEXTURE_MM, anchor_fill, anchor_fill_np, gaussian_blur, push_pull, source_weight
 from engine.skin import foreign_colour_t
-from engine.training.metrics import mean_delta_e
+from engine.training.metrics import mean_delta_e, srgb_to_lab
 
 
 def _skin_with_spot(seed: int = 0, size: int = 96) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -46,7 +46,7 @@ def test_filled_spot_has_the_colour_of_the_skin_around_it() -> None:
     spot = alpha > 0.5
     assert mean_delta_e(raw, clean, spot) > 8.0
     assert mean_delta_e(fill, clean, spot) < 2.0
-    lab = lambda im: cv2.cvtColor(im, cv2.COLOR_RGB2Lab)[spot].mean(axis=0)  # noqa: E731
+    lab = lambda im: srgb_to_lab(im)[spot].mean(axis=0)  # noqa: E731
     assert abs(lab(fill)[0] - lab(clean)[0]) < 1.5
     # blended in through a mask that covers the spot, nothing of it is left
     brushed = cv2.dilate(spot.astype(np.float32), np.ones((5, 5), np.uint8))
@@ -86,7 +86,7 @@ def test_a_fill_beside_a_white_collar_takes_the_colour_of_the_skin() -> None:
     img, mask = _skin_above_collar()
     fill = anchor_fill_np(img, mask)
     patch = mask > 0.5
-    lab = lambda im: cv2.cvtColor(im, cv2.COLOR_RGB2Lab)[patch].mean(axis=0)  # noqa: E731
+    lab = lambda im: srgb_to_lab(im)[patch].mean(axis=0)  # noqa: E731
     skin_only = img.copy()
     skin_only[70:] = img[44:70][::-1]  # the same skin mirrored where the collar was
     assert abs(lab(fill)[0] - lab(skin_only)[0]) < 1.5
@@ -198,7 +198,7 @@ def test_clean_skin_under_a_broad_brush_keeps_its_tone_and_the_spots_are_still_f
     held = hold_tone_np(raw, fill, brush, pred, sigma)
     blend = lambda synth: raw + brush[..., None] * (synth - raw)  # noqa: E731
     between = (brush > 0.9) & (pred < 0.02)
-    L = lambda im: cv2.cvtColor(im, cv2.COLOR_RGB2Lab)[..., 0]  # noqa: E731
+    L = lambda im: srgb_to_lab(im)[..., 0]  # noqa: E731
     assert abs(L(blend(fill))[between].mean() - L(clean)[between].mean()) > 1.0
     assert abs(L(blend(held))[between].mean() - L(clean)[between].mean()) < 0.5
     spot = pred > 0.5
@@ -235,7 +235,7 @@ def test_a_brush_over_skin_with_no_spot_found_evens_it_out() -> None:
     held = hold_tone_np(clean, fill, brush, np.zeros(brush.shape, np.float32), TONE_MM * 1.6)
     assert np.abs(held - fill).max() < 1e-6
     centre = brush > 0.9
-    L = lambda im: cv2.cvtColor(im, cv2.COLOR_RGB2Lab)[..., 0]  # noqa: E731
+    L = lambda im: srgb_to_lab(im)[..., 0]  # noqa: E731
     assert L(clean + brush[..., None] * (held - clean))[centre].mean() > L(clean)[centre].mean() + 1.0  # evened: lighter
 
 
