@@ -15,8 +15,8 @@ from engine.training.data import TrainingData, eval_pairs, is_holdout, list_imag
 from engine.training.metrics import soft_iou
 from engine.imageio import from_float, save_image
 from engine.training.losses import feature_space, perceptual, soft_iou_minmax, soft_jaccard, tone_shift
-from engine.model import ModelConfig, load_model
-from engine.training.train import brushed, build_parser, train
+from engine.model import ModelConfig, RetouchFormer, load_model
+from engine.training.train import GeneratorStep, brushed, build_parser, train
 from tests.test_synth import make_face
 
 
@@ -488,3 +488,39 @@ def test_pack_and_parallel_training_as_on_a_gpu_window(dataset, tmp_path) -> Non
         load_state(state)
     with pytest.raises(SystemExit, match="not a readable training pack"):
         pack.Pack(tmp_path / "nope.npz")
+
+
+def test_fill_mask_runtime_hands_g_the_masks_of_run_time() -> None:
+    """--fill-mask runtime: G trains under the calibrated prediction and a brush over the true
+    blemishes (what the program hands it), not under the raw estimate and the blend weight φ."""
+    torch.manual_seed(0)
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    phi = (0.6 * torch.exp(-((yy - 30) ** 2 + (xx - 34) ** 2) / 40.0))[None, None].repeat(2, 1, 1, 1)
+    phi = torch.where(phi > 0.01, phi, torch.zeros_like(phi))
+    y = 0.5 + 0.05 * torch.rand(2, 3, 64, 64)
+    xa = y + phi * torch.tensor([0.3, -0.2, -0.2])[None, :, None, None]
+    use_gt = torch.tensor([True, False])
+    used = {}
+    for mode in ("phi", "runtime"):
+        args = build_parser().parse_args(["--preset", "tiny", "--fill-mask", mode, "--set", "mask_tophat_mm=4", "--set", "mask_gain=2"])
+        model = RetouchFormer(ModelConfig.preset("tiny", mask_tophat_mm=4.0, mask_gain=2.0))
+        with torch.no_grad():
+            out = GeneratorStep(model, args)(y, xa, phi, None, use_gt)
+            recon = model.prior(model.encoder(xa), xa).recon
+            raw = torch.sigmoid(model.mask_logits(xa, recon, ema=True))
+        used[mode] = out["used_mask"]
+        if mode == "phi":  # as trained so far: φ itself, and the raw estimate
+            assert torch.equal(used[mode][0], phi[0]) and torch.allclose(used[mode][1], raw[1])
+        else:  # the calibrated estimate (top-hat and gain), and a brush that covers every blemished pixel
+            assert torch.allclose(used[mode][1], model.calibrate(raw)[1:2][0])
+            assert not torch.allclose(used[mode][1], raw[1])
+            assert (used[mode][0][phi[0] > 0.02] > 0.9).all() and (phi[0][phi[0] > 0.02] < 0.9).any()
+    assert np.isfinite(out["x2y"].item()) and np.isfinite(out["fill"].item())
+
+
+def test_fill_mask_runtime_refuses_a_run_without_the_calibration(dataset, tmp_path) -> None:
+    with pytest.raises(SystemExit, match="mask_tophat_mm"):
+        train(_args(dataset, tmp_path / "r", 1, "--fill-mask", "runtime"))
+    train(_args(dataset, tmp_path / "r", 1, "--fill-mask", "runtime", "--set", "mask_tophat_mm=4", "--set", "mask_gain=1.5", "--init", str(train(_args(dataset, tmp_path / "a", 1)))))
+    stage = torch.load(tmp_path / "r" / "last.pt", weights_only=False)["history"][-1]["stage"]
+    assert "--fill-mask runtime (top-hat 4 mm, floor 0, gain 1.5)" in stage

@@ -28,7 +28,12 @@ Deviations, each for a stated reason:
   leaves a pale patch there (synthetic clean skin is the target; --fill-outside holds it).
 - The transformer is trained with the true mask φ on half of the paired samples and with H̄'s
   prediction on the other half, so that it learns from exact masks (as a user's brushed mask is)
-  and from predicted ones.
+  and from predicted ones. --fill-mask runtime gives G the masks it is handed at run time instead:
+  H̄'s prediction calibrated as the shipped weights calibrate it (the run's --set mask_tophat_mm,
+  mask_floor and mask_gain), and in place of φ a brush over the true blemishes (brushed() of φ's
+  footprint). A mask that estimates the blend weight φ says 0.2 on a papule's halo, and under
+  such a mask the composite cannot reach the clean skin that the fill term asks of the synthesis:
+  G learned for masks it never gets once the calibration's gain has made them strong.
 
 Runs on CPU or CUDA; under torchrun it uses DistributedDataParallel with no code change.
 Checkpoints (model, discriminator, optimisers, schedulers, step, RNG) are written atomically to
@@ -99,6 +104,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--adv", type=float, default=0.05, help="weight of the adversarial term for the generator")
     p.add_argument("--adv-start", type=int, default=1000, help="step at which the adversarial terms start")
     p.add_argument("--gt-mask-prob", type=float, default=0.5)
+    p.add_argument("--fill-mask", choices=["phi", "runtime"], default="phi", help="the masks G is trained under: 'phi' (the true blend weight on --gt-mask-prob of the paired samples, H̄'s raw prediction on the rest and on the raw photos) or 'runtime' (the masks of run time: a brush over the true blemishes, and H̄'s prediction calibrated by the run's --set mask_tophat_mm/mask_floor/mask_gain)")
     p.add_argument("--device", default="auto")
     p.add_argument("--pack", type=Path, help="train from a training pack (python -m engine.training.pack) instead of the data folders")
     p.add_argument("--workers", type=int, default=0, help="processes that make batches (blemish synthesis) beside the training loop; 0: in the loop (exactly reproducible resumes)")
@@ -125,16 +131,18 @@ def _config(args: argparse.Namespace) -> ModelConfig:
     return ModelConfig.preset(args.preset, **overrides)
 
 
+FOOTPRINT = 0.02  # φ above this is a blemish (the fill term's region); --fill-mask runtime brushes over it
 TONE_SIGMA_MM = 2.0  # --hold-tone compares local means over about this radius of clean skin
 
 
-def brushed(teacher: torch.Tensor, px_per_mm: float) -> torch.Tensor:
-    """The mask a photographer brushes on a real photo: H̄'s spots (above 0.15) grown by 1-3 mm, plus
+def brushed(teacher: torch.Tensor, px_per_mm: float, threshold: float = 0.15) -> torch.Tensor:
+    """The mask a photographer brushes on a real photo: H̄'s spots (above ``threshold``) grown by 1-3 mm, plus
     strokes over skin with no spot under them, softened at the edge; never below H̄'s own mask.
-    (The brush of tests/bench/brush_lightness.py grows the predicted spots by 2 mm.)"""
+    (The brush of tests/bench/brush_lightness.py grows the predicted spots by 2 mm.) With the true
+    blend weight φ and a low threshold: a brush over the true blemishes (--fill-mask runtime)."""
     b, _, h, w = teacher.shape
     grow = int(round(px_per_mm * float(torch.empty(()).uniform_(1.0, 3.0))))
-    spots = F.max_pool2d((teacher > 0.15).float(), 2 * grow + 1, stride=1, padding=grow)
+    spots = F.max_pool2d((teacher > threshold).float(), 2 * grow + 1, stride=1, padding=grow)
     cell = max(2, int(round(6 * px_per_mm)))  # strokes about 6 mm across
     noise = torch.rand(b, 1, max(1, h // cell), max(1, w // cell), device=teacher.device)
     strokes = (F.interpolate(noise, size=(h, w), mode="bilinear", align_corners=False) > 0.75).float()
@@ -168,14 +176,15 @@ class GeneratorStep(nn.Module):
         if not fill_only:
             self._mask_losses(xa, phi, recon, out)
         with torch.no_grad():
-            pred = torch.sigmoid(m.mask_logits(xa, recon, ema=True))
-        used = torch.where(use_gt[:, None, None, None], phi, pred)
+            pred = self._shown(torch.sigmoid(m.mask_logits(xa, recon, ema=True)))
+            truth = brushed(phi, m.config.work_px_per_mm, FOOTPRINT) if a.fill_mask == "runtime" else phi
+        used = torch.where(use_gt[:, None, None, None], truth, pred)
         frames = m.transformer(m.tokens(feats), m.token_weights(used, feats[3]))
         ya_hat, synth = m.synthesis(frames, feats, xa, used)
         y_a = y[: xa.shape[0]]
         out["x2y"] = losses.content(y_a, ya_hat, a.zeta)
         # the raw synthesis must be clean wherever there really is an imperfection
-        region = (phi > 0.02).float()
+        region = (phi > FOOTPRINT).float()
         out["fill"] = a.zeta * ((synth - y_a).abs() * region).sum() / (3 * region.sum()).clamp_min(1.0)
         if a.fill_outside:  # and clean skin stays as it is wherever a (predicted or brushed) mask overshoots
             outside = 1.0 - region
@@ -186,7 +195,7 @@ class GeneratorStep(nn.Module):
             with frozen:
                 fu = m.encoder(xu)
                 ru = m.prior(fu, xu).recon.detach()
-            teacher = self._unpaired_mask(xu, ru, out, train_mask=not fill_only)
+            teacher = self._shown(self._unpaired_mask(xu, ru, out, train_mask=not fill_only))
             tu = m.tokens(fu)  # one token projection for the teacher's fill and the brushed one
             fr = m.transformer(tu, m.token_weights(teacher, fu[3]))
             out["yu_hat"], _ = m.synthesis(fr, fu, xu, teacher)
@@ -199,6 +208,10 @@ class GeneratorStep(nn.Module):
                 sigma = TONE_SIGMA_MM * m.config.work_px_per_mm
                 out["hold_tone"] = a.hold_tone * losses.tone_shift(yu_b, xu, clean, sigma)
         return out
+
+    def _shown(self, mask: torch.Tensor) -> torch.Tensor:
+        """H̄'s mask as G is handed it: calibrated as at run time with --fill-mask runtime, else raw."""
+        return self.model.calibrate(mask) if self.args.fill_mask == "runtime" else mask
 
     def _mask_losses(self, xa: torch.Tensor, phi: torch.Tensor, recon: torch.Tensor, out: dict[str, torch.Tensor]) -> torch.Tensor:
         m, a = self.model, self.args
@@ -365,6 +378,11 @@ def train(args: argparse.Namespace) -> Path:
             args.device = f"cuda:{local}"
     if args.fit_to_time and not args.max_minutes:
         raise SystemExit("--fit-to-time fits the schedule to --max-minutes: give both.")
+    if args.fill_mask == "runtime":
+        c = _config(args)
+        if (c.mask_tophat_mm, c.mask_floor, c.mask_gain) == (0.0, 0.0, 1.0):
+            raise SystemExit("--fill-mask runtime trains G under the calibrated mask: give the calibration it is to be "
+                             "shipped with, e.g. --set mask_tophat_mm=12 --set mask_gain=1.5 (and the same on every resume).")
     dev = _device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -452,7 +470,7 @@ def train(args: argparse.Namespace) -> Path:
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     segment = {"date": time.strftime("%Y-%m-%d"), "from_step": step, "to_step": step, "hours": 0.0, "device": where, "crop": args.crop, "batch": args.batch}
     if step == 0 and (args.only != "all" or args.init is not None):  # a new stage: say what it trains
-        segment["stage"] = f"--only {args.only} --conf {args.conf} --iou {args.iou}" + (f" --iou-form {args.iou_form}" if args.iou_form != "product" else "") + f" --lr {args.lr}" + (f", from {Path(args.init).name}" if args.init is not None else "")
+        segment["stage"] = f"--only {args.only} --conf {args.conf} --iou {args.iou}" + (f" --iou-form {args.iou_form}" if args.iou_form != "product" else "") + (f" --fill-mask runtime (top-hat {cfg.mask_tophat_mm:g} mm, floor {cfg.mask_floor:g}, gain {cfg.mask_gain:g})" if args.fill_mask == "runtime" else "") + f" --lr {args.lr}" + (f", from {Path(args.init).name}" if args.init is not None else "")
     history.append(segment)
     n_unpaired = 0 if args.no_unpaired else args.unpaired_batch
     if args.workers > 0:  # batches made in worker processes, each with its own generator
