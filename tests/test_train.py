@@ -524,3 +524,19 @@ def test_fill_mask_runtime_refuses_a_run_without_the_calibration(dataset, tmp_pa
     train(_args(dataset, tmp_path / "r", 1, "--fill-mask", "runtime", "--set", "mask_tophat_mm=4", "--set", "mask_gain=1.5", "--init", str(train(_args(dataset, tmp_path / "a", 1)))))
     stage = torch.load(tmp_path / "r" / "last.pt", weights_only=False)["history"][-1]["stage"]
     assert "--fill-mask runtime (top-hat 4 mm, floor 0, gain 1.5)" in stage
+
+
+def test_fill_mask_mixed_keeps_phi_on_some_true_mask_samples_and_brushes_the_others() -> None:
+    torch.manual_seed(1)
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    phi = (0.6 * torch.exp(-((yy - 30) ** 2 + (xx - 34) ** 2) / 40.0))[None, None].repeat(8, 1, 1, 1)
+    phi = torch.where(phi > 0.01, phi, torch.zeros_like(phi))
+    y = 0.5 + 0.05 * torch.rand(8, 3, 64, 64)
+    xa = y + phi * torch.tensor([0.3, -0.2, -0.2])[None, :, None, None]
+    args = build_parser().parse_args(["--preset", "tiny", "--fill-mask", "mixed", "--set", "mask_tophat_mm=4", "--set", "mask_gain=2"])
+    model = RetouchFormer(ModelConfig.preset("tiny", mask_tophat_mm=4.0, mask_gain=2.0))
+    with torch.no_grad():
+        used = GeneratorStep(model, args)(y, xa, phi, None, torch.ones(8, dtype=torch.bool))["used_mask"]
+    kept = [bool(torch.equal(used[i], phi[i])) for i in range(8)]
+    brushed_rows = [bool((used[i][phi[i] > 0.02] > 0.9).all()) for i in range(8)]
+    assert any(kept) and any(brushed_rows) and all(k != b for k, b in zip(kept, brushed_rows))

@@ -34,6 +34,8 @@ Deviations, each for a stated reason:
   footprint). A mask that estimates the blend weight φ says 0.2 on a papule's halo, and under
   such a mask the composite cannot reach the clean skin that the fill term asks of the synthesis:
   G learned for masks it never gets once the calibration's gain has made them strong.
+  --fill-mask mixed keeps φ on half of those samples (the blend weight is what the evaluation's
+  "exact mask" hands G, and G trained under brushes alone did worse under partial masks).
 
 Runs on CPU or CUDA; under torchrun it uses DistributedDataParallel with no code change.
 Checkpoints (model, discriminator, optimisers, schedulers, step, RNG) are written atomically to
@@ -104,7 +106,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--adv", type=float, default=0.05, help="weight of the adversarial term for the generator")
     p.add_argument("--adv-start", type=int, default=1000, help="step at which the adversarial terms start")
     p.add_argument("--gt-mask-prob", type=float, default=0.5)
-    p.add_argument("--fill-mask", choices=["phi", "runtime"], default="phi", help="the masks G is trained under: 'phi' (the true blend weight on --gt-mask-prob of the paired samples, H̄'s raw prediction on the rest and on the raw photos) or 'runtime' (the masks of run time: a brush over the true blemishes, and H̄'s prediction calibrated by the run's --set mask_tophat_mm/mask_floor/mask_gain)")
+    p.add_argument("--fill-mask", choices=["phi", "runtime", "mixed"], default="phi", help="the masks G is trained under: 'phi' (the true blend weight on --gt-mask-prob of the paired samples, H̄'s raw prediction on the rest and on the raw photos), 'runtime' (the masks of run time: a brush over the true blemishes, and H̄'s prediction calibrated by the run's --set mask_tophat_mm/mask_floor/mask_gain) or 'mixed' (as 'runtime', but half of the true-mask samples keep φ)")
     p.add_argument("--device", default="auto")
     p.add_argument("--pack", type=Path, help="train from a training pack (python -m engine.training.pack) instead of the data folders")
     p.add_argument("--workers", type=int, default=0, help="processes that make batches (blemish synthesis) beside the training loop; 0: in the loop (exactly reproducible resumes)")
@@ -177,7 +179,11 @@ class GeneratorStep(nn.Module):
             self._mask_losses(xa, phi, recon, out)
         with torch.no_grad():
             pred = self._shown(torch.sigmoid(m.mask_logits(xa, recon, ema=True)))
-            truth = brushed(phi, m.config.work_px_per_mm, FOOTPRINT) if a.fill_mask == "runtime" else phi
+            truth = phi
+            if a.fill_mask != "phi":  # a brush over the true blemishes: on every such sample, or on half of them
+                brush = brushed(phi, m.config.work_px_per_mm, FOOTPRINT)
+                pick = torch.rand(phi.shape[0], 1, 1, 1, device=phi.device) < (0.5 if a.fill_mask == "mixed" else 1.0)
+                truth = torch.where(pick, brush, phi)
         used = torch.where(use_gt[:, None, None, None], truth, pred)
         frames = m.transformer(m.tokens(feats), m.token_weights(used, feats[3]))
         ya_hat, synth = m.synthesis(frames, feats, xa, used)
@@ -211,7 +217,7 @@ class GeneratorStep(nn.Module):
 
     def _shown(self, mask: torch.Tensor) -> torch.Tensor:
         """H̄'s mask as G is handed it: calibrated as at run time with --fill-mask runtime, else raw."""
-        return self.model.calibrate(mask) if self.args.fill_mask == "runtime" else mask
+        return mask if self.args.fill_mask == "phi" else self.model.calibrate(mask)
 
     def _mask_losses(self, xa: torch.Tensor, phi: torch.Tensor, recon: torch.Tensor, out: dict[str, torch.Tensor]) -> torch.Tensor:
         m, a = self.model, self.args
@@ -378,10 +384,10 @@ def train(args: argparse.Namespace) -> Path:
             args.device = f"cuda:{local}"
     if args.fit_to_time and not args.max_minutes:
         raise SystemExit("--fit-to-time fits the schedule to --max-minutes: give both.")
-    if args.fill_mask == "runtime":
+    if args.fill_mask != "phi":
         c = _config(args)
         if (c.mask_tophat_mm, c.mask_floor, c.mask_gain) == (0.0, 0.0, 1.0):
-            raise SystemExit("--fill-mask runtime trains G under the calibrated mask: give the calibration it is to be "
+            raise SystemExit(f"--fill-mask {args.fill_mask} trains G under the calibrated mask: give the calibration it is to be "
                              "shipped with, e.g. --set mask_tophat_mm=12 --set mask_gain=1.5 (and the same on every resume).")
     dev = _device(args.device)
     if args.threads:
@@ -470,7 +476,7 @@ def train(args: argparse.Namespace) -> Path:
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     segment = {"date": time.strftime("%Y-%m-%d"), "from_step": step, "to_step": step, "hours": 0.0, "device": where, "crop": args.crop, "batch": args.batch}
     if step == 0 and (args.only != "all" or args.init is not None):  # a new stage: say what it trains
-        segment["stage"] = f"--only {args.only} --conf {args.conf} --iou {args.iou}" + (f" --iou-form {args.iou_form}" if args.iou_form != "product" else "") + (f" --fill-mask runtime (top-hat {cfg.mask_tophat_mm:g} mm, floor {cfg.mask_floor:g}, gain {cfg.mask_gain:g})" if args.fill_mask == "runtime" else "") + f" --lr {args.lr}" + (f", from {Path(args.init).name}" if args.init is not None else "")
+        segment["stage"] = f"--only {args.only} --conf {args.conf} --iou {args.iou}" + (f" --iou-form {args.iou_form}" if args.iou_form != "product" else "") + (f" --fill-mask {args.fill_mask} (top-hat {cfg.mask_tophat_mm:g} mm, floor {cfg.mask_floor:g}, gain {cfg.mask_gain:g})" if args.fill_mask != "phi" else "") + f" --lr {args.lr}" + (f", from {Path(args.init).name}" if args.init is not None else "")
     history.append(segment)
     n_unpaired = 0 if args.no_unpaired else args.unpaired_batch
     if args.workers > 0:  # batches made in worker processes, each with its own generator
