@@ -540,3 +540,19 @@ def test_fill_mask_mixed_keeps_phi_on_some_true_mask_samples_and_brushes_the_oth
     kept = [bool(torch.equal(used[i], phi[i])) for i in range(8)]
     brushed_rows = [bool((used[i][phi[i] > 0.02] > 0.9).all()) for i in range(8)]
     assert any(kept) and any(brushed_rows) and all(k != b for k, b in zip(kept, brushed_rows))
+
+
+def test_a_fill_mask_stage_resumes_only_with_the_same_masks(dataset, tmp_path) -> None:
+    run = tmp_path / "run"
+    flags = ("--fill-mask", "mixed", "--set", "mask_tophat_mm=4", "--set", "mask_gain=1.5")
+    train(_args(dataset, run, 3, *flags, "--stop-at", "1"))
+    for other in ((), ("--fill-mask", "runtime", "--set", "mask_tophat_mm=4", "--set", "mask_gain=1.5"),
+                  ("--fill-mask", "mixed", "--set", "mask_tophat_mm=8", "--set", "mask_gain=1.5")):
+        with pytest.raises(SystemExit, match="--fill-mask mixed"):
+            train(_args(dataset, run, 3, *other))
+    train(_args(dataset, run, 3, *flags))
+    assert torch.load(run / "last.pt", weights_only=False)["step"] == 3
+    plain = tmp_path / "plain"  # and a stage begun without it refuses one
+    train(_args(dataset, plain, 3, "--stop-at", "1"))
+    with pytest.raises(SystemExit, match="--fill-mask phi"):
+        train(_args(dataset, plain, 3, *flags))

@@ -56,6 +56,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -307,6 +308,13 @@ def _apply_checkpoint(state: dict[str, Any], cfg: ModelConfig, model: RetouchFor
     return state
 
 
+def _fill_mask_flags(args: argparse.Namespace, cfg: ModelConfig) -> str:
+    """The --fill-mask part of a stage's description ("" for the default): a stage resumes only with the same."""
+    if args.fill_mask == "phi":
+        return ""
+    return f" --fill-mask {args.fill_mask} (top-hat {cfg.mask_tophat_mm:g} mm, floor {cfg.mask_floor:g}, gain {cfg.mask_gain:g})"
+
+
 def _stage_over(state: dict[str, Any], only: str) -> bool:
     """Whether a committed state is a stage that a run with ``--only only`` cannot go on with:
     its schedule has ended, or it trains other parameters (e.g. a mask-only stage). With
@@ -438,6 +446,13 @@ def train(args: argparse.Namespace) -> Path:
                 f"{source} is a stage that trains --only {trained}; continue it with --only {trained}, "
                 f"or start a new stage from it with --init {source} and a new --run directory."
             )
+        began = next((h["stage"] for h in reversed(history) if "stage" in h), "")
+        theirs = re.search(r" --fill-mask \S+ \([^)]*\)", began)
+        if (theirs.group(0) if theirs else "") != _fill_mask_flags(args, cfg):  # G's masks would change mid-stage
+            raise SystemExit(
+                f"{source} is a stage begun with{theirs.group(0) if theirs else ' --fill-mask phi'}; resume it with the same "
+                "--fill-mask and --set mask_tophat_mm/mask_floor/mask_gain (or start a new stage with --init)."
+            )
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
         sched_g.load_state_dict(state["sched_g"])
@@ -475,8 +490,8 @@ def train(args: argparse.Namespace) -> Path:
     started, start_step = time.time(), step
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     segment = {"date": time.strftime("%Y-%m-%d"), "from_step": step, "to_step": step, "hours": 0.0, "device": where, "crop": args.crop, "batch": args.batch}
-    if step == 0 and (args.only != "all" or args.init is not None):  # a new stage: say what it trains
-        segment["stage"] = f"--only {args.only} --conf {args.conf} --iou {args.iou}" + (f" --iou-form {args.iou_form}" if args.iou_form != "product" else "") + (f" --fill-mask {args.fill_mask} (top-hat {cfg.mask_tophat_mm:g} mm, floor {cfg.mask_floor:g}, gain {cfg.mask_gain:g})" if args.fill_mask != "phi" else "") + f" --lr {args.lr}" + (f", from {Path(args.init).name}" if args.init is not None else "")
+    if step == 0:  # a new stage (or run): say what it trains
+        segment["stage"] = f"--only {args.only} --conf {args.conf} --iou {args.iou}" + (f" --iou-form {args.iou_form}" if args.iou_form != "product" else "")  + _fill_mask_flags(args, cfg) + f" --lr {args.lr}" + (f", from {Path(args.init).name}" if args.init is not None else "")
     history.append(segment)
     n_unpaired = 0 if args.no_unpaired else args.unpaired_batch
     if args.workers > 0:  # batches made in worker processes, each with its own generator
