@@ -490,15 +490,20 @@ def test_pack_and_parallel_training_as_on_a_gpu_window(dataset, tmp_path) -> Non
         pack.Pack(tmp_path / "nope.npz")
 
 
+def _red_spots(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n 64-px skin patches (clean y, blemished xa) with one soft red spot of blend weight φ."""
+    torch.manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    phi = (0.6 * torch.exp(-((yy - 30) ** 2 + (xx - 34) ** 2) / 40.0))[None, None].repeat(n, 1, 1, 1)
+    phi = torch.where(phi > 0.01, phi, torch.zeros_like(phi))
+    y = 0.5 + 0.05 * torch.rand(n, 3, 64, 64)
+    return y, y + phi * torch.tensor([0.3, -0.2, -0.2])[None, :, None, None], phi
+
+
 def test_fill_mask_runtime_hands_g_the_masks_of_run_time() -> None:
     """--fill-mask runtime: G trains under the calibrated prediction and a brush over the true
     blemishes (what the program hands it), not under the raw estimate and the blend weight φ."""
-    torch.manual_seed(0)
-    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
-    phi = (0.6 * torch.exp(-((yy - 30) ** 2 + (xx - 34) ** 2) / 40.0))[None, None].repeat(2, 1, 1, 1)
-    phi = torch.where(phi > 0.01, phi, torch.zeros_like(phi))
-    y = 0.5 + 0.05 * torch.rand(2, 3, 64, 64)
-    xa = y + phi * torch.tensor([0.3, -0.2, -0.2])[None, :, None, None]
+    y, xa, phi = _red_spots(2, seed=0)
     use_gt = torch.tensor([True, False])
     used = {}
     for mode in ("phi", "runtime"):
@@ -527,12 +532,7 @@ def test_fill_mask_runtime_refuses_a_run_without_the_calibration(dataset, tmp_pa
 
 
 def test_fill_mask_mixed_keeps_phi_on_some_true_mask_samples_and_brushes_the_others() -> None:
-    torch.manual_seed(1)
-    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
-    phi = (0.6 * torch.exp(-((yy - 30) ** 2 + (xx - 34) ** 2) / 40.0))[None, None].repeat(8, 1, 1, 1)
-    phi = torch.where(phi > 0.01, phi, torch.zeros_like(phi))
-    y = 0.5 + 0.05 * torch.rand(8, 3, 64, 64)
-    xa = y + phi * torch.tensor([0.3, -0.2, -0.2])[None, :, None, None]
+    y, xa, phi = _red_spots(8, seed=1)
     args = build_parser().parse_args(["--preset", "tiny", "--fill-mask", "mixed", "--set", "mask_tophat_mm=4", "--set", "mask_gain=2"])
     model = RetouchFormer(ModelConfig.preset("tiny", mask_tophat_mm=4.0, mask_gain=2.0))
     with torch.no_grad():
