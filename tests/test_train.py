@@ -556,3 +556,15 @@ def test_a_fill_mask_stage_resumes_only_with_the_same_masks(dataset, tmp_path) -
     train(_args(dataset, plain, 3, "--stop-at", "1"))
     with pytest.raises(SystemExit, match="--fill-mask phi"):
         train(_args(dataset, plain, 3, *flags))
+
+
+def test_fill_mask_calibrated_keeps_phi_and_calibrates_the_prediction() -> None:
+    y, xa, phi = _red_spots(2, seed=2)
+    args = build_parser().parse_args(["--preset", "tiny", "--fill-mask", "calibrated", "--set", "mask_tophat_mm=4", "--set", "mask_gain=2"])
+    model = RetouchFormer(ModelConfig.preset("tiny", mask_tophat_mm=4.0, mask_gain=2.0))
+    with torch.no_grad():
+        used = GeneratorStep(model, args)(y, xa, phi, None, torch.tensor([True, False]))["used_mask"]
+        recon = model.prior(model.encoder(xa), xa).recon
+        raw = torch.sigmoid(model.mask_logits(xa, recon, ema=True))
+    assert torch.equal(used[0], phi[0])
+    assert torch.allclose(used[1], model.calibrate(raw)[1]) and not torch.allclose(used[1], raw[1])

@@ -36,6 +36,9 @@ Deviations, each for a stated reason:
   G learned for masks it never gets once the calibration's gain has made them strong.
   --fill-mask mixed keeps φ on half of those samples (the blend weight is what the evaluation's
   "exact mask" hands G, and G trained under brushes alone did worse under partial masks).
+  --fill-mask calibrated keeps φ on all of them and calibrates only the prediction: a fill trained
+  under brushes, which cover clean skin as well, learns to keep what looks like skin, and on real
+  photos kept brown acne marks as dark smudges (model card, stage 13).
 
 Runs on CPU or CUDA; under torchrun it uses DistributedDataParallel with no code change.
 Checkpoints (model, discriminator, optimisers, schedulers, step, RNG) are written atomically to
@@ -107,7 +110,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--adv", type=float, default=0.05, help="weight of the adversarial term for the generator")
     p.add_argument("--adv-start", type=int, default=1000, help="step at which the adversarial terms start")
     p.add_argument("--gt-mask-prob", type=float, default=0.5)
-    p.add_argument("--fill-mask", choices=["phi", "runtime", "mixed"], default="phi", help="the masks G is trained under: 'phi' (the true blend weight on --gt-mask-prob of the paired samples, H̄'s raw prediction on the rest and on the raw photos), 'runtime' (the masks of run time: a brush over the true blemishes, and H̄'s prediction calibrated by the run's --set mask_tophat_mm/mask_floor/mask_gain) or 'mixed' (as 'runtime', but half of the true-mask samples keep φ)")
+    p.add_argument("--fill-mask", choices=["phi", "calibrated", "runtime", "mixed"], default="phi", help="the masks G is trained under: 'phi' (the true blend weight on --gt-mask-prob of the paired samples, H̄'s raw prediction on the rest and on the raw photos), 'runtime' (the masks of run time: a brush over the true blemishes, and H̄'s prediction calibrated by the run's --set mask_tophat_mm/mask_floor/mask_gain) or 'mixed' (as 'runtime', but half of the true-mask samples keep φ); 'calibrated': φ as with 'phi', the prediction calibrated as with 'runtime'")
     p.add_argument("--device", default="auto")
     p.add_argument("--pack", type=Path, help="train from a training pack (python -m engine.training.pack) instead of the data folders")
     p.add_argument("--workers", type=int, default=0, help="processes that make batches (blemish synthesis) beside the training loop; 0: in the loop (exactly reproducible resumes)")
@@ -181,7 +184,7 @@ class GeneratorStep(nn.Module):
         with torch.no_grad():
             pred = self._shown(torch.sigmoid(m.mask_logits(xa, recon, ema=True)))
             truth = phi
-            if a.fill_mask != "phi":  # a brush over the true blemishes: on every such sample, or on half of them
+            if a.fill_mask in ("runtime", "mixed"):  # a brush over the true blemishes: on every such sample, or on half of them
                 brush = brushed(phi, m.config.work_px_per_mm, FOOTPRINT)
                 pick = torch.rand(phi.shape[0], 1, 1, 1, device=phi.device) < (0.5 if a.fill_mask == "mixed" else 1.0)
                 truth = torch.where(pick, brush, phi)
