@@ -36,9 +36,8 @@ Deviations, each for a stated reason:
   G learned for masks it never gets once the calibration's gain has made them strong.
   --fill-mask mixed keeps φ on half of those samples (the blend weight is what the evaluation's
   "exact mask" hands G, and G trained under brushes alone did worse under partial masks).
-  --fill-mask calibrated keeps φ on all of them and calibrates only the prediction: a fill trained
-  under brushes, which cover clean skin as well, learns to keep what looks like skin, and on real
-  photos kept brown acne marks as dark smudges (model card, stage 13).
+  --fill-mask calibrated keeps φ on all of them and calibrates only the prediction (no brushes;
+  model card, stages 13 and 14).
 
 Runs on CPU or CUDA; under torchrun it uses DistributedDataParallel with no code change.
 Checkpoints (model, discriminator, optimisers, schedulers, step, RNG) are written atomically to

@@ -15,6 +15,13 @@ classical fill a photographer already has); ``--without-hold`` adds the first we
 tone hold off. Synthetic validation cannot see this (its clean skin is the target); run it before
 shipping new weights beside ``ship_weights.sh``. The candidate ships when its mean shift is within
 ±1 L* and its mean absolute shift is no larger than the bundled weights'.
+
+A second table scores the filled spots themselves (the first weights' predicted mask above 0.5,
+inside the brush): their mean L* after the fill minus the photo's clean skin under the brush, the
+lightness a healed spot should take. Negative is a dark smudge where a spot was (a fill that kept
+brown acne marks: stage 13 in the model card), positive a pale one; the candidate's mean absolute
+offset should be no larger than the bundled weights'. (The photo's own spots sit at about -3 to -6
+L* there, Telea's fill is the classical reference.)
 """
 from __future__ import annotations
 
@@ -49,6 +56,8 @@ def main() -> None:
     models = load_models(args.weights, args.without_hold)
     shifts: dict[str, list[float]] = {n: [] for n, _ in models}
     shifts["Telea"] = []
+    spots_off: dict[str, list[float]] = {"photo": [], **{n: [] for n in shifts}}  # filled spots against the skin
+    measured: list[str] = []
     print("| photo | " + " | ".join(f"{n}: L* shift on clean skin under the brush" for n in shifts) + " |")
     print("|---|" + "---|" * len(shifts))
     for name in [n.strip() for n in args.names.split(",") if n.strip()]:
@@ -60,17 +69,29 @@ def main() -> None:
             print(f"| {name} | " + " | ".join("n/a" for _ in shifts) + " |")
             continue
         before = lightness(photo)[between].mean()
+        measured.append(name)
+        spots = (mask > 0.9) & (first.mask > 0.5)
+        spots_off["photo"].append(float(lightness(photo)[spots].mean() - before) if spots.any() else np.nan)
         cells = []
         for n, r in models:
             a = first if r is models[0][1] else r.analyze(photo)
-            after = lightness(r.composite(photo, r.render(a, paint(a.mask, mask)), 1.0))[between].mean()
+            result = lightness(r.composite(photo, r.render(a, paint(a.mask, mask)), 1.0))
+            after = result[between].mean()
             shifts[n].append(float(after - before))
+            spots_off[n].append(float(result[spots].mean() - before) if spots.any() else np.nan)
             cells.append(f"{after - before:+.2f}")
         telea = from_float(telea_heal(to_float(photo), mask, first.plan.px_per_mm), photo.dtype)
-        shifts["Telea"].append(float(lightness(telea)[between].mean() - before))
+        telea_l = lightness(telea)
+        shifts["Telea"].append(float(telea_l[between].mean() - before))
+        spots_off["Telea"].append(float(telea_l[spots].mean() - before) if spots.any() else np.nan)
         cells.append(f"{shifts['Telea'][-1]:+.2f}")
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
     print("| mean (mean absolute) | " + " | ".join(f"{np.mean(v):+.2f} ({np.mean(np.abs(v)):.2f})" for v in shifts.values()) + " |")
+    print("\n| photo | " + " | ".join(f"{n}: filled spots' L* minus the clean skin's" for n in spots_off) + " |")
+    print("|---|" + "---|" * len(spots_off))
+    for i, name in enumerate(measured):
+        print(f"| {name} | " + " | ".join("n/a" if np.isnan(v[i]) else f"{v[i]:+.2f}" for v in spots_off.values()) + " |")
+    print("| mean (mean absolute) | " + " | ".join(f"{np.nanmean(v):+.2f} ({np.nanmean(np.abs(v)):.2f})" for v in spots_off.values()) + " |")
 
 
 if __name__ == "__main__":
