@@ -19,7 +19,9 @@
 # and real photos agree: `python tests/bench/brush_lightness.py --weights bundled=... --weights
 # candidate=OUT_DIR/candidate.safetensors` (a paler fill under a brushed mask, which synthetic
 # validation cannot see, kept stage 6's step 1,300 from shipping): mean L* shift within ±1 and mean
-# absolute shift no larger than the bundled weights'.
+# absolute shift no larger than the bundled weights', and in its second table the filled spots'
+# mean absolute offset from the skin's lightness no larger than theirs (dark smudges where spots
+# were kept stage 13 from shipping); then look at `make_brush_figure.py` at 100 %.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUN=${1:?usage: ship_weights.sh RUN_DIR [OUT_DIR]}
