@@ -219,7 +219,7 @@ class GeneratorStep(nn.Module):
         return out
 
     def _shown(self, mask: torch.Tensor) -> torch.Tensor:
-        """H̄'s mask as G is handed it: calibrated as at run time with --fill-mask runtime, else raw."""
+        """H̄'s mask as G is handed it: raw with --fill-mask phi, else calibrated as at run time."""
         return mask if self.args.fill_mask == "phi" else self.model.calibrate(mask)
 
     def _mask_losses(self, xa: torch.Tensor, phi: torch.Tensor, recon: torch.Tensor, out: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -394,17 +394,15 @@ def train(args: argparse.Namespace) -> Path:
             args.device = f"cuda:{local}"
     if args.fit_to_time and not args.max_minutes:
         raise SystemExit("--fit-to-time fits the schedule to --max-minutes: give both.")
-    if args.fill_mask != "phi":
-        c = _config(args)
-        if (c.mask_tophat_mm, c.mask_floor, c.mask_gain) == (0.0, 0.0, 1.0):
-            raise SystemExit(f"--fill-mask {args.fill_mask} trains G under the calibrated mask: give the calibration it is to be "
-                             "shipped with, e.g. --set mask_tophat_mm=12 --set mask_gain=1.5 (and the same on every resume).")
     dev = _device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
     cfg = _config(args)
+    if args.fill_mask != "phi" and (cfg.mask_tophat_mm, cfg.mask_floor, cfg.mask_gain) == (0.0, 0.0, 1.0):
+        raise SystemExit(f"--fill-mask {args.fill_mask} trains G under the calibrated mask: give the calibration it is to be "
+                         "shipped with, e.g. --set mask_tophat_mm=12 --set mask_gain=1.5 (and the same on every resume).")
     torch.manual_seed(args.seed + rank)
     model = RetouchFormer(cfg).to(dev)
     disc = PixelDiscriminator(cfg).to(dev)
