@@ -19,7 +19,7 @@ shipping new weights beside ``ship_weights.sh``. The candidate ships when its me
 A second table scores the filled spots themselves (the first weights' predicted mask above 0.5,
 inside the brush): their mean L* after the fill minus the photo's clean skin under the brush, the
 lightness a healed spot should take. Negative is a dark smudge where a spot was (a fill that kept
-brown acne marks: stage 13 in the model card), positive a pale one; the candidate's mean absolute
+brown acne marks: stages 12-14 in the model card), positive a pale one; the candidate's mean absolute
 offset should be no larger than the bundled weights'. (The photo's own spots sit at about -3 to -6
 L* there, Telea's fill is the classical reference.)
 """
