@@ -500,6 +500,17 @@ def _red_spots(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return y, y + phi * torch.tensor([0.3, -0.2, -0.2])[None, :, None, None], phi
 
 
+def _g_step(mode: str, y: torch.Tensor, xa: torch.Tensor, phi: torch.Tensor, use_gt: torch.Tensor):
+    """One generator step of a fresh tiny model (calibrated: 4 mm top-hat, gain 2) under --fill-mask
+    ``mode``: (its outputs, H̄'s raw mask of xa, the model)."""
+    args = build_parser().parse_args(["--preset", "tiny", "--fill-mask", mode, "--set", "mask_tophat_mm=4", "--set", "mask_gain=2"])
+    model = RetouchFormer(ModelConfig.preset("tiny", mask_tophat_mm=4.0, mask_gain=2.0))
+    with torch.no_grad():
+        out = GeneratorStep(model, args)(y, xa, phi, None, use_gt)
+        raw = torch.sigmoid(model.mask_logits(xa, model.prior(model.encoder(xa), xa).recon, ema=True))
+    return out, raw, model
+
+
 def test_fill_mask_runtime_hands_g_the_masks_of_run_time() -> None:
     """--fill-mask runtime: G trains under the calibrated prediction and a brush over the true
     blemishes (what the program hands it), not under the raw estimate and the blend weight φ."""
@@ -507,12 +518,7 @@ def test_fill_mask_runtime_hands_g_the_masks_of_run_time() -> None:
     use_gt = torch.tensor([True, False])
     used = {}
     for mode in ("phi", "runtime"):
-        args = build_parser().parse_args(["--preset", "tiny", "--fill-mask", mode, "--set", "mask_tophat_mm=4", "--set", "mask_gain=2"])
-        model = RetouchFormer(ModelConfig.preset("tiny", mask_tophat_mm=4.0, mask_gain=2.0))
-        with torch.no_grad():
-            out = GeneratorStep(model, args)(y, xa, phi, None, use_gt)
-            recon = model.prior(model.encoder(xa), xa).recon
-            raw = torch.sigmoid(model.mask_logits(xa, recon, ema=True))
+        out, raw, model = _g_step(mode, y, xa, phi, use_gt)
         used[mode] = out["used_mask"]
         if mode == "phi":  # as trained so far: φ itself, and the raw estimate
             assert torch.equal(used[mode][0], phi[0]) and torch.allclose(used[mode][1], raw[1])
@@ -533,10 +539,7 @@ def test_fill_mask_runtime_refuses_a_run_without_the_calibration(dataset, tmp_pa
 
 def test_fill_mask_mixed_keeps_phi_on_some_true_mask_samples_and_brushes_the_others() -> None:
     y, xa, phi = _red_spots(8, seed=1)
-    args = build_parser().parse_args(["--preset", "tiny", "--fill-mask", "mixed", "--set", "mask_tophat_mm=4", "--set", "mask_gain=2"])
-    model = RetouchFormer(ModelConfig.preset("tiny", mask_tophat_mm=4.0, mask_gain=2.0))
-    with torch.no_grad():
-        used = GeneratorStep(model, args)(y, xa, phi, None, torch.ones(8, dtype=torch.bool))["used_mask"]
+    used = _g_step("mixed", y, xa, phi, torch.ones(8, dtype=torch.bool))[0]["used_mask"]
     kept = [bool(torch.equal(used[i], phi[i])) for i in range(8)]
     brushed_rows = [bool((used[i][phi[i] > 0.02] > 0.9).all()) for i in range(8)]
     assert any(kept) and any(brushed_rows) and all(k != b for k, b in zip(kept, brushed_rows))
@@ -560,11 +563,7 @@ def test_a_fill_mask_stage_resumes_only_with_the_same_masks(dataset, tmp_path) -
 
 def test_fill_mask_calibrated_keeps_phi_and_calibrates_the_prediction() -> None:
     y, xa, phi = _red_spots(2, seed=2)
-    args = build_parser().parse_args(["--preset", "tiny", "--fill-mask", "calibrated", "--set", "mask_tophat_mm=4", "--set", "mask_gain=2"])
-    model = RetouchFormer(ModelConfig.preset("tiny", mask_tophat_mm=4.0, mask_gain=2.0))
-    with torch.no_grad():
-        used = GeneratorStep(model, args)(y, xa, phi, None, torch.tensor([True, False]))["used_mask"]
-        recon = model.prior(model.encoder(xa), xa).recon
-        raw = torch.sigmoid(model.mask_logits(xa, recon, ema=True))
+    out, raw, model = _g_step("calibrated", y, xa, phi, torch.tensor([True, False]))
+    used = out["used_mask"]
     assert torch.equal(used[0], phi[0])
     assert torch.allclose(used[1], model.calibrate(raw)[1]) and not torch.allclose(used[1], raw[1])

@@ -491,7 +491,7 @@ def train(args: argparse.Namespace) -> Path:
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     segment = {"date": time.strftime("%Y-%m-%d"), "from_step": step, "to_step": step, "hours": 0.0, "device": where, "crop": args.crop, "batch": args.batch}
     if step == 0:  # a new stage (or run): say what it trains
-        segment["stage"] = f"--only {args.only} --conf {args.conf} --iou {args.iou}" + (f" --iou-form {args.iou_form}" if args.iou_form != "product" else "")  + _fill_mask_flags(args, cfg) + f" --lr {args.lr}" + (f", from {Path(args.init).name}" if args.init is not None else "")
+        segment["stage"] = f"--only {args.only} --conf {args.conf} --iou {args.iou}" + (f" --iou-form {args.iou_form}" if args.iou_form != "product" else "") + _fill_mask_flags(args, cfg) + f" --lr {args.lr}" + (f", from {Path(args.init).name}" if args.init is not None else "")
     history.append(segment)
     n_unpaired = 0 if args.no_unpaired else args.unpaired_batch
     if args.workers > 0:  # batches made in worker processes, each with its own generator

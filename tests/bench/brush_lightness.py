@@ -68,10 +68,11 @@ def main() -> None:
         if not between.any():
             print(f"| {name} | " + " | ".join("n/a" for _ in shifts) + " |")
             continue
-        before = lightness(photo)[between].mean()
+        photo_l = lightness(photo)
+        before = photo_l[between].mean()
         measured.append(name)
         spots = (mask > 0.9) & (first.mask > 0.5)
-        spots_off["photo"].append(float(lightness(photo)[spots].mean() - before) if spots.any() else np.nan)
+        spots_off["photo"].append(float(photo_l[spots].mean() - before) if spots.any() else np.nan)
         cells = []
         for n, r in models:
             a = first if r is models[0][1] else r.analyze(photo)
