@@ -14,7 +14,7 @@ import torch
 from engine.training.data import TrainingData, eval_pairs, is_holdout, list_images
 from engine.training.metrics import soft_iou
 from engine.imageio import from_float, save_image
-from engine.training.losses import feature_space, perceptual, soft_iou_minmax, soft_jaccard, tone_shift
+from engine.training.losses import feature_space, perceptual, soft_iou_minmax, soft_jaccard, spot_tone, tone_shift
 from engine.model import ModelConfig, RetouchFormer, load_model
 from engine.training.train import GeneratorStep, brushed, build_parser, train
 from tests.test_synth import make_face
@@ -184,6 +184,50 @@ def test_hold_tone_term_is_logged_only_when_asked(dataset, tmp_path) -> None:
     on = json.loads((tmp_path / "on" / "log.jsonl").read_text().splitlines()[-1])
     assert "hold_tone" not in off and np.isfinite(on["hold_tone"]) and on["hold_tone"] >= 0
     assert on["x2y"] == pytest.approx(off["x2y"])
+
+
+def test_spot_tone_term_is_logged_only_when_asked_and_recorded_in_the_stage(dataset, tmp_path) -> None:
+    train(_args(dataset, tmp_path / "off", 1))
+    train(_args(dataset, tmp_path / "on", 1, "--spot-tone", "10"))
+    off = json.loads((tmp_path / "off" / "log.jsonl").read_text().splitlines()[-1])
+    on = json.loads((tmp_path / "on" / "log.jsonl").read_text().splitlines()[-1])
+    assert "spot_tone" not in off and np.isfinite(on["spot_tone"]) and on["spot_tone"] >= 0
+    assert on["x2y"] == pytest.approx(off["x2y"])
+    history = torch.load(tmp_path / "on" / "last.pt", map_location="cpu", weights_only=False)["history"]
+    assert "--spot-tone 10" in history[-1]["stage"]
+
+
+def test_spot_tone_wants_a_filled_spot_in_the_tone_of_the_skin_around_it() -> None:
+    """A filled spot that keeps part of its darkness (a smudge) pays the difference from the skin's
+    local tone; one filled in that tone pays nothing, whatever its grain; skin far from it is no reference."""
+    torch.manual_seed(0)
+    skin_tone = torch.tensor([0.8, 0.6, 0.5])[None, :, None, None]
+    ref = skin_tone + 0.02 * torch.rand(1, 3, 64, 64)
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    spots = (((yy - 32) ** 2 + (xx - 32) ** 2) < 16).float()[None, None]
+    skin = ((((yy - 32) ** 2 + (xx - 32) ** 2) < 100).float()[None, None] - spots).clamp(0, 1)
+    photo = ref - 0.2 * spots  # the dark spot itself
+    healed = ref.clone()
+    assert spot_tone(healed, photo, spots, skin, 1.6, 3.2).item() < 0.01
+    smudge = ref - 0.06 * spots
+    assert spot_tone(smudge, photo, spots, skin, 1.6, 3.2).item() == pytest.approx(0.06, abs=0.01)
+    checker = ((torch.arange(64)[:, None] + torch.arange(64)[None, :]) % 2 * 2 - 1).float() * 0.05
+    assert spot_tone(ref + checker * spots, photo, spots, skin, 1.6, 3.2).item() < 0.015  # grain, not tone
+    far = torch.zeros_like(skin)
+    far[..., :8, :8] = 1
+    assert spot_tone(smudge, photo, spots, far, 1.6, 3.2).item() == 0.0  # no skin near the spot: no reference
+    x = smudge.clone().requires_grad_(True)
+    spot_tone(x, photo, spots, skin, 1.6, 3.2).backward()
+    assert x.grad[..., 32, 32].sum() < 0  # lighter is better
+    assert x.grad[..., 5, 5].abs().sum() == 0  # away from the spot: no gradient
+
+
+def test_real_check_photos_are_not_trained_on(tmp_path) -> None:
+    from engine.training.data import REAL_CHECKS, raw_images
+
+    for name in (REAL_CHECKS[0], "acne04_9999.jpg"):
+        save_image(tmp_path / name, np.zeros((16, 16, 3), np.uint8))
+    assert [p.name for p in raw_images(tmp_path)] == ["acne04_9999.jpg"]
 
 
 def test_minmax_jaccard_is_the_evaluations_soft_iou_and_wants_the_blend_weight_not_the_footprint() -> None:

@@ -36,6 +36,20 @@ def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
     return sorted(p for p in it if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
 
 
+#: Real acne photos the checks on real skin look at (tests/bench/brush_lightness.py, the README's
+#: figures): never used as raw training photos since stage 15, whose --spot-tone term trains on the
+#: very measure those checks take (earlier stages saw them among the unpaired photos).
+REAL_CHECKS = (
+    "acne04_0010.jpg", "acne04_0070.jpg", "acne04_0095.jpg", "acne04_0100.jpg", "acne04_0203.jpg", "acne04_0450.jpg",
+    "acne04_0029.jpg", "acne04_0149.jpg", "acne04_0299.jpg", "acne04_0499.jpg", "acne04_0699.jpg", "acne04_0600.jpg",
+)
+
+
+def raw_images(folder: str | Path) -> list[Path]:
+    """The raw (unpaired) training photos of ``folder``: all its images but :data:`REAL_CHECKS`."""
+    return [p for p in list_images(folder) if p.name not in REAL_CHECKS]
+
+
 def is_holdout(path: Path) -> bool:
     """A fixed, name-based split: about 10 % of portraits are never used for training."""
     h = int(hashlib.md5(path.name.encode()).hexdigest()[:8], 16)
@@ -253,7 +267,7 @@ class TrainingData:
         n_real = int(round(gamma * len(pairs)))
         self.real = PairCache(pairs[:n_real], px_per_mm)
         self.unpaired_clean_from_pairs = ImageCache([b for _, b in pairs[n_real:]], px_per_mm, raw_px_per_mm)
-        raws = [p for d in raw_dirs for p in list_images(d)] + [a for a, _ in pairs[n_real:]]
+        raws = [p for d in raw_dirs for p in raw_images(d)] + [a for a, _ in pairs[n_real:]]
         self.raw_only = ImageCache(raws, px_per_mm, raw_px_per_mm)
         if len(self.synth_pairs) + len(self.real) == 0:
             raise ValueError("no paired training data: give --clean folders (synthetic pairs) or --paired folders with gamma > 0")

@@ -91,6 +91,22 @@ def tone_shift(out: torch.Tensor, ref: torch.Tensor, region: torch.Tensor, sigma
     return (shift.abs() * where).sum() / (out.shape[1] * where.sum()).clamp_min(1.0)
 
 
+def spot_tone(out: torch.Tensor, ref: torch.Tensor, spots: torch.Tensor, skin: torch.Tensor, spot_sigma: float, skin_sigma: float) -> torch.Tensor:
+    """Mean |local mean of ``out`` over ``spots`` − local mean of ``ref`` over ``skin``| on the spots
+    (each local mean a normalised Gaussian convolution, of ``spot_sigma`` and ``skin_sigma`` pixels).
+
+    A healed spot takes the tone of the clean skin around it: a fill that keeps part of a brown
+    spot's darkness (a smudge) or leaves it paler than the skin pays, its texture below
+    ``spot_sigma`` does not. Spots with little skin near them (less than a fifth of the Gaussian's
+    weight) do not count.
+    """
+    filled = gaussian_blur(out * spots, spot_sigma) / gaussian_blur(spots, spot_sigma).clamp_min(1e-3)
+    den = gaussian_blur(skin, skin_sigma)
+    tone = gaussian_blur(ref * skin, skin_sigma) / den.clamp_min(1e-3)
+    where = spots * (den > 0.2).float()
+    return ((filled - tone).abs() * where).sum() / (out.shape[1] * where.sum()).clamp_min(1.0)
+
+
 def soft_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, target)
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from engine.imageio import atomic_write_bytes
 from engine.model.config import ModelConfig
-from engine.training.data import DEFAULT_DATA, ImageCache, centre_crop, list_images, raw_px_per_mm, split
+from engine.training.data import DEFAULT_DATA, ImageCache, centre_crop, list_images, raw_images, raw_px_per_mm, split
 
 SIDE = 288
 DEFAULT_PACK = Path("runs") / "pack" / "pack.npz"
@@ -65,7 +65,7 @@ def decode_png(b: bytes) -> np.ndarray:
 def build(clean_dirs: list[Path], raw_dirs: list[Path], px_per_mm: float, budget_mib: float, log=print) -> dict[str, np.ndarray]:
     """Load, scale, crop and encode; returns the arrays of the pack (within ``budget_mib``)."""
     clean_paths = [p for d in clean_dirs for p in split(list_images(d), "train")]
-    raw_paths = [p for d in raw_dirs for p in list_images(d)]
+    raw_paths = [p for d in raw_dirs for p in raw_images(d)]
     cache = ImageCache(clean_paths, px_per_mm)
     raw_cache = ImageCache(raw_paths, px_per_mm, raw_px_per_mm)
     cleans, skins, raws = [], [], []

@@ -106,6 +106,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--state", type=Path, help="the committed training state (e.g. resources/training/state.pt): resumed from when the run has no last.pt yet, rewritten (compact) at every checkpoint")
     p.add_argument("--fill-outside", type=float, default=0.0, help="L1 weight of the raw synthesis against y outside the blemishes (robustness to masks that are too wide)")
     p.add_argument("--hold-tone", type=float, default=0.0, help="L1 weight of the tone shift (local mean over 2 mm) of clean skin under a brushed mask on the raw-only photos (no pale patches where a brush covers clean skin between spots)")
+    p.add_argument("--spot-tone", type=float, default=0.0, help="L1 weight of the filled spots' tone against the clean skin around them under a brushed mask on the raw-only photos (local means over 1 and 2 mm: no dark smudge where a brushed spot was)")
     p.add_argument("--adv", type=float, default=0.05, help="weight of the adversarial term for the generator")
     p.add_argument("--adv-start", type=int, default=1000, help="step at which the adversarial terms start")
     p.add_argument("--gt-mask-prob", type=float, default=0.5)
@@ -138,6 +139,8 @@ def _config(args: argparse.Namespace) -> ModelConfig:
 
 FOOTPRINT = 0.02  # φ above this is a blemish (the fill term's region); --fill-mask runtime brushes over it
 TONE_SIGMA_MM = 2.0  # --hold-tone compares local means over about this radius of clean skin
+SPOT_SIGMA_MM = 1.0  # --spot-tone: a filled spot's local mean is taken over about this radius
+SPOT = 0.5  # --spot-tone: H̄'s (shown) mask above this, under the brush, is a spot
 
 
 def brushed(teacher: torch.Tensor, px_per_mm: float, threshold: float = 0.15) -> torch.Tensor:
@@ -209,13 +212,17 @@ class GeneratorStep(nn.Module):
             fr = m.transformer(tu, m.token_weights(teacher, fu[3]))
             out["yu_hat"], _ = m.synthesis(fr, fu, xu, teacher)
             out["xu_mask"] = teacher
-            if a.hold_tone:  # a brush over whole clusters must not leave a pale patch on the clean skin it covers
-                brush = brushed(teacher, m.config.work_px_per_mm)
+            if a.hold_tone or a.spot_tone:  # a brush over whole clusters, as a photographer paints one on a real photo
+                px = m.config.work_px_per_mm
+                brush = brushed(teacher, px)
                 fb = m.transformer(tu, m.token_weights(brush, fu[3]))
                 yu_b, _ = m.synthesis(fb, fu, xu, brush)
                 clean = ((brush > 0.9) & (teacher < 0.05)).float()
-                sigma = TONE_SIGMA_MM * m.config.work_px_per_mm
-                out["hold_tone"] = a.hold_tone * losses.tone_shift(yu_b, xu, clean, sigma)
+                if a.hold_tone:  # must not leave a pale patch on the clean skin it covers
+                    out["hold_tone"] = a.hold_tone * losses.tone_shift(yu_b, xu, clean, TONE_SIGMA_MM * px)
+                if a.spot_tone:  # and the spots under it take the tone of that skin (no dark smudge where they were)
+                    spots = ((brush > 0.9) & (teacher > SPOT)).float()
+                    out["spot_tone"] = a.spot_tone * losses.spot_tone(yu_b, xu, spots, clean, SPOT_SIGMA_MM * px, TONE_SIGMA_MM * px)
         return out
 
     def _shown(self, mask: torch.Tensor) -> torch.Tensor:
@@ -491,7 +498,7 @@ def train(args: argparse.Namespace) -> Path:
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     segment = {"date": time.strftime("%Y-%m-%d"), "from_step": step, "to_step": step, "hours": 0.0, "device": where, "crop": args.crop, "batch": args.batch}
     if step == 0:  # a new stage (or run): say what it trains
-        segment["stage"] = f"--only {args.only} --conf {args.conf} --iou {args.iou}" + (f" --iou-form {args.iou_form}" if args.iou_form != "product" else "") + _fill_mask_flags(args, cfg) + f" --lr {args.lr}" + (f", from {Path(args.init).name}" if args.init is not None else "")
+        segment["stage"] = f"--only {args.only} --conf {args.conf} --iou {args.iou}" + (f" --iou-form {args.iou_form}" if args.iou_form != "product" else "") + _fill_mask_flags(args, cfg) + (f" --spot-tone {args.spot_tone:g}" if args.spot_tone else "") + f" --lr {args.lr}" + (f", from {Path(args.init).name}" if args.init is not None else "")
     history.append(segment)
     n_unpaired = 0 if args.no_unpaired else args.unpaired_batch
     if args.workers > 0:  # batches made in worker processes, each with its own generator
@@ -510,7 +517,7 @@ def train(args: argparse.Namespace) -> Path:
         with amp:
             out = gstep(y, xa, phi, xu, use_gt)
         adv_on = step >= args.adv_start and args.only != "mask"
-        loss_names = ["prior", "rec", "mask_reg", "mask_bce", "mask_iou", "x2y", "fill", "fill_outside", "hold_tone", "mask_unpaired"]
+        loss_names = ["prior", "rec", "mask_reg", "mask_bce", "mask_iou", "x2y", "fill", "fill_outside", "hold_tone", "spot_tone", "mask_unpaired"]
         g_loss = sum(out[k] for k in loss_names if k in out)
         if adv_on:  # L_adv^syn through D (not its DDP wrapper: D is not updated here)
             with amp:

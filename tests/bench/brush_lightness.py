@@ -31,15 +31,14 @@ import numpy as np
 
 from engine.imageio import from_float, load_image, to_float
 from engine.training.baselines import telea_heal
+from engine.training.data import REAL_CHECKS
 from engine.training.metrics import srgb_to_lab
 from app.maskedit import paint
 from make_brush_figure import DATA, brushed_mask, load_models
 
-# the six of the first measurements, and six more (with six, the mean moved by 0.3-0.5 L* between checkpoints of one run)
-DEFAULT = (
-    "acne04_0010.jpg,acne04_0070.jpg,acne04_0095.jpg,acne04_0100.jpg,acne04_0203.jpg,acne04_0450.jpg,"
-    "acne04_0029.jpg,acne04_0149.jpg,acne04_0299.jpg,acne04_0499.jpg,acne04_0699.jpg,acne04_0600.jpg"
-)
+# the six of the first measurements, and six more (with six, the mean moved by 0.3-0.5 L* between checkpoints of one run);
+# training leaves them out of its raw photos (engine.training.data.REAL_CHECKS)
+DEFAULT = ",".join(REAL_CHECKS)
 
 
 def lightness(rgb: np.ndarray) -> np.ndarray:
