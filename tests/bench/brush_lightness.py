@@ -12,7 +12,7 @@ rims, within 1 mm of where that mask reaches 0.05) the retouched photo should ke
 the photo's lightness: the mean CIELAB L* shift there is printed per photo and per weights
 (positive = paler), and beside them for OpenCV's Telea inpainting of the same stroke (the
 classical fill a photographer already has); ``--without-hold`` adds the first weights with the
-tone hold off. Synthetic validation cannot see this (its clean skin is the target); run it before
+tone hold off, ``--anchor`` the classical fill their G is anchored on (G's output zeroed). Synthetic validation cannot see this (its clean skin is the target); run it before
 shipping new weights beside ``ship_weights.sh``. The candidate ships when its mean shift is within
 ±1 L* and its mean absolute shift is no larger than the bundled weights'.
 
@@ -50,9 +50,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--weights", action="append", required=True, help="NAME=PATH (repeat); the first one's mask is brushed")
     ap.add_argument("--without-hold", action="store_true", help="a column for the first weights without the tone hold")
+    ap.add_argument("--anchor", action="store_true", help="a column for the first weights' classical anchor fill alone (G's output zeroed)")
     ap.add_argument("--names", default=DEFAULT, help="comma-separated file names in ../shared/data/acne-faces")
     args = ap.parse_args()
-    models = load_models(args.weights, args.without_hold)
+    models = load_models(args.weights, args.without_hold, args.anchor)
     shifts: dict[str, list[float]] = {n: [] for n, _ in models}
     shifts["Telea"] = []
     spots_off: dict[str, list[float]] = {"photo": [], **{n: [] for n in shifts}}  # filled spots against the skin

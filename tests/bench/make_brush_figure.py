@@ -20,6 +20,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from engine.imageio import from_float, load_image, save_image, to_float
 from engine.retoucher import Retoucher
@@ -35,12 +36,20 @@ def brushed_mask(predicted: np.ndarray, px_per_mm: float) -> np.ndarray:
     return cv2.GaussianBlur(m.astype(np.float32), (0, 0), px_per_mm * 0.7)
 
 
-def load_models(weights: list[str], without_hold: bool = False) -> list[tuple[str, Retoucher]]:
+def load_models(weights: list[str], without_hold: bool = False, anchor: bool = False) -> list[tuple[str, Retoucher]]:
     """``NAME=PATH`` weights loaded on the CPU; ``without_hold``: the first ones again, second, with
-    the tone hold of clean skin under the brush off (``Retoucher.tone_sigma = 0``)."""
+    the tone hold of clean skin under the brush off (``Retoucher.tone_sigma = 0``); ``anchor``: the
+    first ones again with G's output layer zeroed, so that the fill is the classical fill G is
+    anchored on (engine.model.fill.anchor_fill, with the tone hold): what G itself adds or takes away."""
     models = [(n, Retoucher.load(p, device="cpu")) for n, p in (w.split("=", 1) for w in weights)]
+    name, path = weights[0].split("=", 1)
+    if anchor:
+        plain = Retoucher.load(path, device="cpu")
+        with torch.no_grad():
+            plain.model.synthesis.out.weight.zero_()
+            plain.model.synthesis.out.bias.zero_()
+        models.insert(1, (f"{name}, anchor alone", plain))
     if without_hold:
-        name, path = weights[0].split("=", 1)
         plain = Retoucher.load(path, device="cpu")
         plain.tone_sigma = 0.0
         models.insert(1, (f"{name}, tone hold off", plain))
