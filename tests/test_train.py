@@ -199,20 +199,23 @@ def test_spot_tone_term_is_logged_only_when_asked_and_recorded_in_the_stage(data
 
 def test_spot_tone_wants_a_filled_spot_in_the_tone_of_the_skin_around_it() -> None:
     """A filled spot that keeps part of its darkness (a smudge) pays the difference from the skin's
-    local tone; one filled in that tone pays nothing, whatever its grain; skin far from it is no reference."""
+    local tone; one filled in that tone pays nothing, whatever its grain; skin far from it is no
+    reference, and a dark hole far off the skin's tone (a nostril) is no blemish."""
     torch.manual_seed(0)
     skin_tone = torch.tensor([0.8, 0.6, 0.5])[None, :, None, None]
     ref = skin_tone + 0.02 * torch.rand(1, 3, 64, 64)
     yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
     spots = (((yy - 32) ** 2 + (xx - 32) ** 2) < 16).float()[None, None]
     skin = ((((yy - 32) ** 2 + (xx - 32) ** 2) < 100).float()[None, None] - spots).clamp(0, 1)
-    photo = ref - 0.2 * spots  # the dark spot itself
+    photo = ref - 0.12 * spots  # the dark spot itself (some 10 L* below the skin)
     healed = ref.clone()
     assert spot_tone(healed, photo, spots, skin, 1.6, 3.2).item() < 0.01
     smudge = ref - 0.06 * spots
     assert spot_tone(smudge, photo, spots, skin, 1.6, 3.2).item() == pytest.approx(0.06, abs=0.01)
     checker = ((torch.arange(64)[:, None] + torch.arange(64)[None, :]) % 2 * 2 - 1).float() * 0.05
     assert spot_tone(ref + checker * spots, photo, spots, skin, 1.6, 3.2).item() < 0.015  # grain, not tone
+    nostril = ref - 0.4 * spots  # far darker than any blemish: not one
+    assert spot_tone(smudge, nostril, spots, skin, 1.6, 3.2).item() == 0.0
     far = torch.zeros_like(skin)
     far[..., :8, :8] = 1
     assert spot_tone(smudge, photo, spots, far, 1.6, 3.2).item() == 0.0  # no skin near the spot: no reference

@@ -91,20 +91,24 @@ def tone_shift(out: torch.Tensor, ref: torch.Tensor, region: torch.Tensor, sigma
     return (shift.abs() * where).sum() / (out.shape[1] * where.sum()).clamp_min(1.0)
 
 
-def spot_tone(out: torch.Tensor, ref: torch.Tensor, spots: torch.Tensor, skin: torch.Tensor, spot_sigma: float, skin_sigma: float) -> torch.Tensor:
+def spot_tone(out: torch.Tensor, ref: torch.Tensor, spots: torch.Tensor, skin: torch.Tensor, spot_sigma: float, skin_sigma: float, limit: float = 0.2) -> torch.Tensor:
     """Mean |local mean of ``out`` over ``spots`` − local mean of ``ref`` over ``skin``| on the spots
     (each local mean a normalised Gaussian convolution, of ``spot_sigma`` and ``skin_sigma`` pixels).
 
     A healed spot takes the tone of the clean skin around it: a fill that keeps part of a brown
     spot's darkness (a smudge) or leaves it paler than the skin pays, its texture below
     ``spot_sigma`` does not. Spots with little skin near them (less than a fifth of the Gaussian's
-    weight) do not count.
+    weight) do not count, nor do "spots" that in ``ref`` differ from that skin by more than ``limit``
+    in a channel (a nostril, an eye, hair or a black border a mask marked: no blemish to heal).
     """
-    filled = gaussian_blur(out * spots, spot_sigma) / gaussian_blur(spots, spot_sigma).clamp_min(1e-3)
+    def spot_mean(img: torch.Tensor) -> torch.Tensor:
+        return gaussian_blur(img * spots, spot_sigma) / gaussian_blur(spots, spot_sigma).clamp_min(1e-3)
+
     den = gaussian_blur(skin, skin_sigma)
     tone = gaussian_blur(ref * skin, skin_sigma) / den.clamp_min(1e-3)
-    where = spots * (den > 0.2).float()
-    return ((filled - tone).abs() * where).sum() / (out.shape[1] * where.sum()).clamp_min(1.0)
+    blemish = ((spot_mean(ref) - tone).abs().amax(1, keepdim=True) < limit).float()
+    where = spots * (den > 0.2).float() * blemish
+    return ((spot_mean(out) - tone).abs() * where).sum() / (out.shape[1] * where.sum()).clamp_min(1.0)
 
 
 def soft_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
