@@ -26,6 +26,9 @@ Deviations, each for a stated reason:
   the local tone of the clean skin under the brush is held to the photo's (losses.tone_shift): a
   photographer's brush covers clean skin between spots, and only real photos show whether the fill
   leaves a pale patch there (synthetic clean skin is the target; --fill-outside holds it).
+- --spot-tone: under the same brush the spots in it are held to the tone of the clean skin around them
+  (losses.spot_tone): synthetic spots are blends toward the clean target, a real brown mark is not, and
+  fills trained on synthetic pairs alone left dark smudges where brushed real acne had been (model card).
 - The transformer is trained with the true mask φ on half of the paired samples and with H̄'s
   prediction on the other half, so that it learns from exact masks (as a user's brushed mask is)
   and from predicted ones. --fill-mask runtime gives G the masks it is handed at run time instead:
