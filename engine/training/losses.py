@@ -76,6 +76,13 @@ def soft_iou_minmax(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1.0 - (inter + 1.0) / (union + 1.0)).mean()
 
 
+def _local_mean(img: torch.Tensor, region: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The local mean of ``img`` over ``region`` pixels only (a Gaussian of ``sigma`` pixels, normalised
+    convolution), and the region's Gaussian weight there."""
+    den = gaussian_blur(region, sigma)
+    return gaussian_blur(img * region, sigma) / den.clamp_min(1e-3), den
+
+
 def tone_shift(out: torch.Tensor, ref: torch.Tensor, region: torch.Tensor, sigma: float) -> torch.Tensor:
     """Mean |local mean of (out − ref)| over ``region``, the local mean a Gaussian of ``sigma``
     pixels taken over region pixels only (normalised convolution).
@@ -84,9 +91,7 @@ def tone_shift(out: torch.Tensor, ref: torch.Tensor, region: torch.Tensor, sigma
     spots inside the region may change freely, and nothing outside the region (a spot removed next
     to it) enters the mean.
     """
-    num = gaussian_blur((out - ref) * region, sigma)
-    den = gaussian_blur(region, sigma)
-    shift = num / den.clamp_min(1e-3)
+    shift, den = _local_mean(out - ref, region, sigma)
     where = region * (den > 0.2).float()
     return (shift.abs() * where).sum() / (out.shape[1] * where.sum()).clamp_min(1.0)
 
@@ -101,14 +106,10 @@ def spot_tone(out: torch.Tensor, ref: torch.Tensor, spots: torch.Tensor, skin: t
     weight) do not count, nor do "spots" that in ``ref`` differ from that skin by more than ``limit``
     in a channel (a nostril, an eye, hair or a black border a mask marked: no blemish to heal).
     """
-    def spot_mean(img: torch.Tensor) -> torch.Tensor:
-        return gaussian_blur(img * spots, spot_sigma) / gaussian_blur(spots, spot_sigma).clamp_min(1e-3)
-
-    den = gaussian_blur(skin, skin_sigma)
-    tone = gaussian_blur(ref * skin, skin_sigma) / den.clamp_min(1e-3)
-    blemish = ((spot_mean(ref) - tone).abs().amax(1, keepdim=True) < limit).float()
+    tone, den = _local_mean(ref, skin, skin_sigma)
+    blemish = ((_local_mean(ref, spots, spot_sigma)[0] - tone).abs().amax(1, keepdim=True) < limit).float()
     where = spots * (den > 0.2).float() * blemish
-    return ((spot_mean(out) - tone).abs() * where).sum() / (out.shape[1] * where.sum()).clamp_min(1.0)
+    return ((_local_mean(out, spots, spot_sigma)[0] - tone).abs() * where).sum() / (out.shape[1] * where.sum()).clamp_min(1.0)
 
 
 def soft_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
