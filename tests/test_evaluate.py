@@ -159,8 +159,9 @@ def test_calibrate_picks_a_mask_floor_on_validation_faces(setup, capsys, tmp_pat
     out = tmp_path / "calibrated.safetensors"
     assert calibrate.main([str(setup["weights"]), "--clean", str(setup["faces"]), "--count", "2", "--offset", "0", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    chosen = printed.split("chosen: top-hat ")[1].split("\n")[0]  # "8 mm, floor 0.00, gain 1.0"
-    tophat, floor, gain = float(chosen.split(" mm")[0]), float(chosen.split("floor ")[1].split(",")[0]), float(chosen.split("gain ")[1])
+    chosen = printed.split("chosen: top-hat ")[1].split("\n")[0]  # "8 mm, floor 0.00, gain 1.00, dilation 0.0 mm"
+    tophat, floor, gain = float(chosen.split(" mm")[0]), float(chosen.split("floor ")[1].split(",")[0]), float(chosen.split("gain ")[1].split(",")[0])
+    assert chosen.endswith("dilation 0.0 mm")
     assert printed.count("\n| ") == len(calibrate.FLOORS) * len(calibrate.TOPHATS_MM) * len(calibrate.GAINS) + 1  # the untouched photos, one row per setting
     model = load_model(out)
     assert (model.config.mask_tophat_mm, model.config.mask_floor, model.config.mask_gain) == (tophat, floor, gain) and gain == 1.0
@@ -183,7 +184,7 @@ def test_calibration_grid_can_be_narrowed_and_a_gain_strengthens_the_mask(setup,
     args = [str(setup["weights"]), "--clean", str(setup["faces"]), "--count", "2", "--offset", "0", "--out", str(out)]
     assert calibrate.main(args + ["--tophats", "0", "--floors", "0", "--gains", "1,2,3"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0 | 0.00 |")]
-    assert [line.split(" | ")[2] for line in rows] == ["1.0", "2.0", "3.0"]  # exactly the settings asked for
+    assert [line.split(" | ")[2] for line in rows] == ["1.00", "2.00", "3.00"]  # exactly the settings asked for
     model = load_model(out)
     assert model.config.mask_gain in (1.0, 2.0, 3.0) and model.config.mask_tophat_mm == 0.0
     # the gain multiplies what the top-hat and floor leave, clipped at 1; a mask of 0 stays 0
@@ -193,6 +194,37 @@ def test_calibration_grid_can_be_narrowed_and_a_gain_strengthens_the_mask(setup,
         calibrate.main(args + ["--gains", "0.5"])
     with pytest.raises(ValueError, match="mask_gain"):
         type(model.config).preset("tiny", mask_gain=0.5)
+
+
+def test_a_calibrated_dilation_spreads_a_spots_strength_over_its_rim(setup, capsys, tmp_path) -> None:
+    from engine.model import load_model
+    from engine.training import calibrate
+
+    out = tmp_path / "dilated.safetensors"
+    args = [str(setup["weights"]), "--clean", str(setup["faces"]), "--count", "2", "--offset", "0", "--out", str(out)]
+    assert calibrate.main(args + ["--tophats", "0", "--floors", "0", "--gains", "1", "--dilates", "0,2"]) == 0
+    printed = capsys.readouterr().out
+    rows = [line for line in printed.splitlines() if line.startswith("| 0 | 0.00 | 1.00 |")]
+    assert [line.split(" | ")[3] for line in rows] == ["0.0", "2.0"]  # one row per dilation asked for
+    model = load_model(out)
+    chosen = float(printed.split("dilation ")[-1].split(" mm")[0])
+    assert model.config.mask_dilate_mm == chosen and chosen in (0.0, 2.0)
+    # a 2-px spot of 0.8 with a rim of 0.3: the dilation carries the core's 0.8 out as far as it
+    # reaches and no further, and never weakens any pixel
+    ppm = model.config.work_px_per_mm
+    m = torch.zeros(1, 1, 32, 32)
+    m[..., 10:22, 10:22] = 0.3
+    m[..., 15:17, 15:17] = 0.8
+    r = 3
+    d = model.calibrate(m, 0.0, 0.0, 1.0, r / ppm)
+    assert torch.all(d >= m)
+    assert torch.all(d[..., 15 - r:17 + r, 15 - r:17 + r] == 0.8)
+    assert d[0, 0, 15 - r - 1, 16] == pytest.approx(0.3) and d[0, 0, 5, 5] == 0
+    torch.testing.assert_close(model.calibrate(m, 0.0, 0.0, 1.0, 0.0), m)
+    with pytest.raises(SystemExit):
+        calibrate.main(args + ["--dilates", "-1"])
+    with pytest.raises(ValueError, match="mask_dilate_mm"):
+        type(model.config).preset("tiny", mask_dilate_mm=-1.0)
 
 
 def test_calibration_choice_never_harms_the_whole_photo() -> None:

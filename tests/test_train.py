@@ -590,7 +590,8 @@ def test_a_fill_mask_stage_resumes_only_with_the_same_masks(dataset, tmp_path) -
     flags = ("--fill-mask", "mixed", "--set", "mask_tophat_mm=4", "--set", "mask_gain=1.5")
     train(_args(dataset, run, 3, *flags, "--stop-at", "1"))
     for other in ((), ("--fill-mask", "runtime", "--set", "mask_tophat_mm=4", "--set", "mask_gain=1.5"),
-                  ("--fill-mask", "mixed", "--set", "mask_tophat_mm=8", "--set", "mask_gain=1.5")):
+                  ("--fill-mask", "mixed", "--set", "mask_tophat_mm=8", "--set", "mask_gain=1.5"),
+                  (*flags, "--set", "mask_dilate_mm=1")):
         with pytest.raises(SystemExit, match="--fill-mask mixed"):
             train(_args(dataset, run, 3, *other))
     train(_args(dataset, run, 3, *flags))

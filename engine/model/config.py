@@ -53,10 +53,13 @@ class ModelConfig:
     # rest stretched back to 0..1. 0 switches either off. ``mask_gain`` then multiplies what is
     # left (clipped at 1): a mask net trained to estimate the blemishes' blend weight φ
     # (``retouch train --iou-form minmax``) says 0.2 on a papule's halo, which the fill needs
-    # stronger to take the halo away.
+    # stronger to take the halo away. ``mask_dilate_mm`` last spreads each pixel's strength that
+    # far around it (a grey dilation): a blend-weight mask is strongest at a spot's core and fades
+    # over its rim, which the fill needs as strong as the core to take the whole spot away.
     mask_tophat_mm: float = 0.0
     mask_floor: float = 0.0
     mask_gain: float = 1.0
+    mask_dilate_mm: float = 0.0
     # With ``anchor``: G may change the anchor's texture and edges but not the local colour of the
     # fill: the part of its correction below this scale (a Gaussian this many millimetres wide) is
     # taken away, so a filled spot keeps the colour of the skin around it (no paler or yellower
@@ -67,7 +70,7 @@ class ModelConfig:
     TOKEN_STRIDE = 8  # the token grid is 1/8 of the image
     #: Fields that change what the model computes but none of its parameters: a training run
     #: resumes with them changed, and calibration sets them after training.
-    SETTINGS = ("mask_tophat_mm", "mask_floor", "mask_gain", "colour_lock_mm")
+    SETTINGS = ("mask_tophat_mm", "mask_floor", "mask_gain", "mask_dilate_mm", "colour_lock_mm")
 
     def structure(self) -> dict[str, Any]:
         """The configuration without :data:`SETTINGS`: what the parameters depend on."""
@@ -92,6 +95,8 @@ class ModelConfig:
             raise ValueError("mask_floor must be in [0, 1)")
         if not self.mask_gain >= 1.0:
             raise ValueError("mask_gain must be at least 1")
+        if not self.mask_dilate_mm >= 0.0:
+            raise ValueError("mask_dilate_mm must not be negative")
         if not self.colour_lock_mm >= 0.0:
             raise ValueError("colour_lock_mm must not be negative")
 

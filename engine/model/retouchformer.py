@@ -82,20 +82,27 @@ class RetouchFormer(nn.Module):
         mask = self.calibrate(torch.sigmoid(self.mask_logits(x, recon, ema=True)))
         return Encoded(x, feats, self.tokens(feats), recon, mask)
 
-    def calibrate(self, mask: torch.Tensor, floor: float | None = None, tophat_mm: float | None = None, gain: float | None = None) -> torch.Tensor:
+    def calibrate(self, mask: torch.Tensor, floor: float | None = None, tophat_mm: float | None = None, gain: float | None = None, dilate_mm: float | None = None) -> torch.Tensor:
         """H̄'s soft mask (B, 1, H, W) with the calibration applied (``config.mask_tophat_mm``,
-        ``config.mask_floor`` and ``config.mask_gain`` unless given): a faint haze over a whole face
-        is not a blemish, and an estimate of the blend weight is made strong enough to fill with."""
+        ``config.mask_floor``, ``config.mask_gain`` and ``config.mask_dilate_mm`` unless given): a
+        faint haze over a whole face is not a blemish, and an estimate of the blend weight is made
+        strong enough to fill with, out to the spot's rim."""
         f = self.config.mask_floor if floor is None else floor
         t = self.config.mask_tophat_mm if tophat_mm is None else tophat_mm
         g = self.config.mask_gain if gain is None else gain
+        d = self.config.mask_dilate_mm if dilate_mm is None else dilate_mm
         k = int(round(t * self.config.work_px_per_mm)) // 2 * 2 + 1 if t > 0 else 1
         if k > 1:  # white top-hat: what stands out of a morphological opening k working pixels wide
             haze = F.max_pool2d(-F.max_pool2d(-mask, k, 1, k // 2), k, 1, k // 2)
             mask = ((mask - haze) / (1.0 - haze).clamp_min(1e-3)).clamp(0.0, 1.0)
         if f > 0:
             mask = ((mask - f) / (1.0 - f)).clamp(0.0, 1.0)
-        return mask if g == 1.0 else (mask * g).clamp(0.0, 1.0)
+        if g != 1.0:
+            mask = (mask * g).clamp(0.0, 1.0)
+        r = int(round(d * self.config.work_px_per_mm))
+        if r > 0:  # grey dilation: each pixel takes the strongest value within r working pixels
+            mask = F.max_pool2d(mask, 2 * r + 1, 1, r)
+        return mask
 
     def token_weights(self, mask: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """f_H: the pixel mask brought to the token grid (max-pooled so small blemishes count)."""

@@ -113,7 +113,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--adv", type=float, default=0.05, help="weight of the adversarial term for the generator")
     p.add_argument("--adv-start", type=int, default=1000, help="step at which the adversarial terms start")
     p.add_argument("--gt-mask-prob", type=float, default=0.5)
-    p.add_argument("--fill-mask", choices=["phi", "calibrated", "runtime", "mixed"], default="phi", help="the masks G is trained under: 'phi' (the true blend weight on --gt-mask-prob of the paired samples, H̄'s raw prediction on the rest and on the raw photos), 'runtime' (the masks of run time: a brush over the true blemishes, and H̄'s prediction calibrated by the run's --set mask_tophat_mm/mask_floor/mask_gain) or 'mixed' (as 'runtime', but half of the true-mask samples keep φ); 'calibrated': φ as with 'phi', the prediction calibrated as with 'runtime'")
+    p.add_argument("--fill-mask", choices=["phi", "calibrated", "runtime", "mixed"], default="phi", help="the masks G is trained under: 'phi' (the true blend weight on --gt-mask-prob of the paired samples, H̄'s raw prediction on the rest and on the raw photos), 'runtime' (the masks of run time: a brush over the true blemishes, and H̄'s prediction calibrated by the run's --set mask_tophat_mm/mask_floor/mask_gain/mask_dilate_mm) or 'mixed' (as 'runtime', but half of the true-mask samples keep φ); 'calibrated': φ as with 'phi', the prediction calibrated as with 'runtime'")
     p.add_argument("--device", default="auto")
     p.add_argument("--pack", type=Path, help="train from a training pack (python -m engine.training.pack) instead of the data folders")
     p.add_argument("--workers", type=int, default=0, help="processes that make batches (blemish synthesis) beside the training loop; 0: in the loop (exactly reproducible resumes)")
@@ -324,7 +324,8 @@ def _fill_mask_flags(args: argparse.Namespace, cfg: ModelConfig) -> str:
     """The --fill-mask part of a stage's description ("" for the default): a stage resumes only with the same."""
     if args.fill_mask == "phi":
         return ""
-    return f" --fill-mask {args.fill_mask} (top-hat {cfg.mask_tophat_mm:g} mm, floor {cfg.mask_floor:g}, gain {cfg.mask_gain:g})"
+    dilation = f", dilation {cfg.mask_dilate_mm:g} mm" if cfg.mask_dilate_mm else ""  # stages begun before it existed read as before
+    return f" --fill-mask {args.fill_mask} (top-hat {cfg.mask_tophat_mm:g} mm, floor {cfg.mask_floor:g}, gain {cfg.mask_gain:g}{dilation})"
 
 
 def _stage_over(state: dict[str, Any], only: str) -> bool:
@@ -410,7 +411,7 @@ def train(args: argparse.Namespace) -> Path:
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
     cfg = _config(args)
-    if args.fill_mask != "phi" and (cfg.mask_tophat_mm, cfg.mask_floor, cfg.mask_gain) == (0.0, 0.0, 1.0):
+    if args.fill_mask != "phi" and (cfg.mask_tophat_mm, cfg.mask_floor, cfg.mask_gain, cfg.mask_dilate_mm) == (0.0, 0.0, 1.0, 0.0):
         raise SystemExit(f"--fill-mask {args.fill_mask} trains G under the calibrated mask: give the calibration it is to be "
                          "shipped with, e.g. --set mask_tophat_mm=12 --set mask_gain=1.5 (and the same on every resume).")
     torch.manual_seed(args.seed + rank)
@@ -461,7 +462,7 @@ def train(args: argparse.Namespace) -> Path:
         if (theirs.group(0) if theirs else "") != _fill_mask_flags(args, cfg):  # G's masks would change mid-stage
             raise SystemExit(
                 f"{source} is a stage begun with{theirs.group(0) if theirs else ' --fill-mask phi'}; resume it with the same "
-                "--fill-mask and --set mask_tophat_mm/mask_floor/mask_gain (or start a new stage with --init)."
+                "--fill-mask and --set mask_tophat_mm/mask_floor/mask_gain/mask_dilate_mm (or start a new stage with --init)."
             )
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
