@@ -20,12 +20,9 @@ import torch
 
 from engine.retoucher import Retoucher
 from engine.training.evaluate import BLEMISH_THRESHOLD, DEFAULT_CLEAN, face_size_pairs
+from engine.training.metrics import psnr
 
 MISSED = 0.1  # a blemish pixel the mask leaves below this is missed
-
-
-def psnr_in(out: np.ndarray, clean: np.ndarray, region: np.ndarray) -> float:
-    return float(10 * np.log10(1.0 / ((out - clean) ** 2).mean(-1)[region].mean()))
 
 
 def main() -> None:
@@ -58,7 +55,7 @@ def main() -> None:
             exact = r.composite(photo, r.render(a, true.astype(np.float32)), 1.0).astype(np.float32) / 255.0
             missed = a.mask[region] < MISSED
             err = ((own - clean) ** 2).mean(-1)[region]
-            rows[name].append((psnr_in(own, clean, region), psnr_in(exact, clean, region), float(a.mask[region].mean()),
+            rows[name].append((psnr(own, clean, mask=region), psnr(exact, clean, mask=region), float(a.mask[region].mean()),
                                float(missed.mean()), float(err[missed].sum() / max(err.sum(), 1e-12))))
     n = len(next(iter(rows.values())))
     print(f"| weights ({n} faces {args.face_size} px wide, through the pipeline) | predicted mask: PSNR in blemishes (dB) "
