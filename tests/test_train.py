@@ -146,6 +146,47 @@ def test_mask_only_stage_trains_only_the_mask_net(dataset, tmp_path) -> None:
     assert history[-1]["from_step"] == 2 and "stage" not in history[-1] and "stage" in history[-2]
 
 
+def test_mask_fill_term_trains_only_the_mask_net_and_is_refused_outside_a_mask_stage(dataset, tmp_path) -> None:
+    first = tmp_path / "first"
+    train(_args(dataset, first, 2))
+    before = load_model(first / "model.safetensors").state_dict()
+    run = tmp_path / "mask"
+    train(_args(dataset, run, 2, "--init", str(first / "last.pt"), "--only", "mask", "--lr", "1e-3", "--mask-fill", "10"))
+    after = load_model(run / "model.safetensors").state_dict()
+    changed = {k for k, v in before.items() if not torch.equal(v, after[k])}
+    # T and G run for H's sake, but only H (and H̄ by EMA) moves
+    assert changed and all(k.startswith("masknet.") for k in changed), sorted(changed)[:5]
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(entry["mask_fill"]) and entry["mask_fill"] > 0 for entry in log)
+    assert "--mask-fill 10" in torch.load(run / "last.pt", weights_only=False)["history"][-1]["stage"]
+    with pytest.raises(SystemExit, match="--only mask"):
+        train(_args(dataset, tmp_path / "all", 1, "--mask-fill", "10"))
+
+
+def test_mask_fill_term_raises_the_mask_where_the_fill_heals_and_lowers_it_where_it_harms() -> None:
+    """The end-to-end mask term's gradient on H's logits: on a spot that the (frozen) fill heals the
+    mask is pushed up; on clean textured skin, where any fill only loses the skin's own grain, down."""
+    torch.manual_seed(0)
+    model = RetouchFormer(ModelConfig.preset("tiny")).eval()
+    args = build_parser().parse_args(["--only", "mask", "--mask-fill", "10"])
+    step = GeneratorStep(model, args)
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    skin = torch.tensor([0.8, 0.6, 0.5])[None, :, None, None]
+    grain = 0.06 * (torch.rand(1, 1, 64, 64) - 0.5)
+    clean = (skin + grain * (xx >= 40)).expand(1, 3, 64, 64).clone()  # smooth on the left, grainy on the right
+    spot = (((yy - 32) ** 2 + (xx - 16) ** 2) <= 16).float()[None, None]
+    photo = clean * (1 - 0.6 * spot)  # a dark spot on the smooth side
+    logits = torch.zeros(1, 1, 64, 64, requires_grad=True)  # H says 0.5 everywhere
+    with torch.no_grad():
+        feats = model.encoder(photo)
+    out: dict[str, torch.Tensor] = {}
+    step._fill_through_mask(clean, photo, spot, feats, logits, out)
+    out["mask_fill"].backward()
+    g = logits.grad[0, 0]
+    assert g[spot[0, 0] > 0].mean() < 0  # heal the spot: more mask
+    assert g[:, 44:][(xx[:, 44:] < 60) & (yy[:, 44:] > 4) & (yy[:, 44:] < 60)].mean() > 0  # keep the grain: less mask
+
+
 def test_fill_only_stage_trains_the_fill_and_leaves_the_mask_as_it_was(dataset, tmp_path) -> None:
     first = tmp_path / "first"
     train(_args(dataset, first, 2))

@@ -76,6 +76,11 @@ def soft_iou_minmax(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1.0 - (inter + 1.0) / (union + 1.0)).mean()
 
 
+def masked_l1(out: torch.Tensor, ref: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """Mean |out − ref| over the pixels of ``region`` (B, 1, H, W weights), all channels."""
+    return ((out - ref).abs() * region).sum() / (out.shape[1] * region.sum()).clamp_min(1.0)
+
+
 def _local_mean(img: torch.Tensor, region: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The local mean of ``img`` over ``region`` pixels only (a Gaussian of ``sigma`` pixels, normalised
     convolution), and the region's Gaussian weight there."""

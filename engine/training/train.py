@@ -29,6 +29,11 @@ Deviations, each for a stated reason:
 - --spot-tone: under the same brush the spots in it are held to the tone of the clean skin around them
   (losses.spot_tone): synthetic spots are blends toward the clean target, a real brown mark is not, and
   fills trained on synthetic pairs alone left dark smudges where brushed real acne had been (model card).
+- --mask-fill (mask-only stages): the mask terms above pull H toward φ, but the mask is the fill's
+  blend weight, and the weight that heals best is not φ (through the pipeline the exact φ loses to a
+  stronger mask on flat brown spots; model card, twentieth session). The term hands H's own
+  prediction, calibrated as at run time, to the frozen T and G and takes the composite's L1 against
+  the clean face near the blemishes and over the crop: H learns, pixel by pixel, where the fill helps.
 - The transformer is trained with the true mask φ on half of the paired samples and with H̄'s
   prediction on the other half, so that it learns from exact masks (as a user's brushed mask is)
   and from predicted ones. --fill-mask runtime gives G the masks it is handed at run time instead:
@@ -110,6 +115,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--fill-outside", type=float, default=0.0, help="L1 weight of the raw synthesis against y outside the blemishes (robustness to masks that are too wide)")
     p.add_argument("--hold-tone", type=float, default=0.0, help="L1 weight of the tone shift (local mean over 2 mm) of clean skin under a brushed mask on the raw-only photos (no pale patches where a brush covers clean skin between spots)")
     p.add_argument("--spot-tone", type=float, default=0.0, help="L1 weight of the filled spots' tone against the clean skin around them under a brushed mask on the raw-only photos (local means over 1 and 2 mm: no dark smudge where a brushed spot was)")
+    p.add_argument("--mask-fill", type=float, default=0.0, help="with --only mask: L1 weight of the fill's composite under H's own calibrated prediction (T and G as they are) against the clean face, near the blemishes and over the whole crop: the mask learns where the fill helps, pixel by pixel (the evaluation's PSNR through the pipeline, made a loss)")
     p.add_argument("--adv", type=float, default=0.05, help="weight of the adversarial term for the generator")
     p.add_argument("--adv-start", type=int, default=1000, help="step at which the adversarial terms start")
     p.add_argument("--gt-mask-prob", type=float, default=0.5)
@@ -144,6 +150,7 @@ FOOTPRINT = 0.02  # φ above this is a blemish (the fill term's region); --fill-
 TONE_SIGMA_MM = 2.0  # --hold-tone compares local means over about this radius of clean skin
 SPOT_SIGMA_MM = 1.0  # --spot-tone: a filled spot's local mean is taken over about this radius
 SPOT = 0.5  # --spot-tone: H̄'s (shown) mask above this, under the brush, is a spot
+NEAR_MM = 1.0  # --mask-fill: the blemishes and this far around them are where the fill is judged most
 
 
 def brushed(teacher: torch.Tensor, px_per_mm: float, threshold: float = 0.15) -> torch.Tensor:
@@ -171,7 +178,7 @@ class GeneratorStep(nn.Module):
     def forward(self, y: torch.Tensor, xa: torch.Tensor, phi: torch.Tensor, xu: torch.Tensor | None, use_gt: torch.Tensor) -> dict[str, torch.Tensor]:
         m, a = self.model, self.args
         if a.only == "mask":
-            return self._mask_only(xa, phi, xu)
+            return self._mask_only(y, xa, phi, xu)
         fill_only = a.only == "fill"
         frozen = torch.no_grad() if fill_only else contextlib.nullcontext()  # --only fill: E and the prior as they are
         out: dict[str, torch.Tensor] = {}
@@ -200,10 +207,9 @@ class GeneratorStep(nn.Module):
         out["x2y"] = losses.content(y_a, ya_hat, a.zeta)
         # the raw synthesis must be clean wherever there really is an imperfection
         region = (phi > FOOTPRINT).float()
-        out["fill"] = a.zeta * ((synth - y_a).abs() * region).sum() / (3 * region.sum()).clamp_min(1.0)
+        out["fill"] = a.zeta * losses.masked_l1(synth, y_a, region)
         if a.fill_outside:  # and clean skin stays as it is wherever a (predicted or brushed) mask overshoots
-            outside = 1.0 - region
-            out["fill_outside"] = a.fill_outside * ((synth - y_a).abs() * outside).sum() / (3 * outside.sum()).clamp_min(1.0)
+            out["fill_outside"] = a.fill_outside * losses.masked_l1(synth, y_a, 1.0 - region)
         out["y_hat"], out["used_mask"], out["synth"] = ya_hat, used, synth
         # unpaired raw images: mask consistency with the EMA teacher, and outputs for the adversary
         if xu is not None:
@@ -250,17 +256,36 @@ class GeneratorStep(nn.Module):
             out["mask_unpaired"] = a.lam * losses.soft_bce(m.mask_logits(xu, ru, ema=False), teacher)
         return teacher
 
-    def _mask_only(self, xa: torch.Tensor, phi: torch.Tensor, xu: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def _mask_only(self, y: torch.Tensor, xa: torch.Tensor, phi: torch.Tensor, xu: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """The refinement stage (--only mask): E, P and R run without gradients; only H learns."""
         m = self.model
         out: dict[str, torch.Tensor] = {}
         with torch.no_grad():
-            recon = m.prior(m.encoder(xa), xa).recon
+            feats = m.encoder(xa)
+            recon = m.prior(feats, xa).recon
             ru = m.prior(m.encoder(xu), xu).recon if xu is not None else None
-        out["used_mask"] = torch.sigmoid(self._mask_losses(xa, phi, recon, out)).detach()
+        logits = self._mask_losses(xa, phi, recon, out)
+        out["used_mask"] = torch.sigmoid(logits).detach()
+        if self.args.mask_fill:
+            self._fill_through_mask(y[: xa.shape[0]], xa, phi, feats, logits, out)
         if xu is not None:
             self._unpaired_mask(xu, ru, out)
         return out
+
+    def _fill_through_mask(self, y_a: torch.Tensor, xa: torch.Tensor, phi: torch.Tensor, feats: list[torch.Tensor], logits: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
+        """--mask-fill: H's own prediction, calibrated as at run time, handed to T and G (whose
+        weights the stage does not train); their composite against the clean face, near the
+        blemishes and over the whole crop. The gradient reaches H through the blend weight
+        (composite = x + m (synthesis − x)) and the attention's token weights: a pixel's mask rises
+        where the fill is closer to the clean skin than the photo is and falls where it is not."""
+        m = self.model
+        mask = m.calibrate(torch.sigmoid(logits))
+        frames = m.transformer(m.tokens(feats), m.token_weights(mask, feats[3]))
+        y_hat, _ = m.synthesis(frames, feats, xa, mask)
+        r = int(round(NEAR_MM * m.config.work_px_per_mm))
+        near = F.max_pool2d((phi > FOOTPRINT).float(), 2 * r + 1, 1, r)
+        out["mask_fill"] = self.args.mask_fill * (losses.masked_l1(y_hat, y_a, near) + (y_hat - y_a).abs().mean())
+        out["used_mask"], out["y_hat"] = mask.detach(), y_hat.detach()
 
 
 class _BatchStream(torch.utils.data.IterableDataset):
@@ -403,6 +428,8 @@ def train(args: argparse.Namespace) -> Path:
         if torch.cuda.is_available():
             torch.cuda.set_device(local)
             args.device = f"cuda:{local}"
+    if args.mask_fill and args.only != "mask":
+        raise SystemExit("--mask-fill trains the mask net through the fill: it is a term of a mask-only stage (--only mask).")
     if args.fit_to_time and not args.max_minutes:
         raise SystemExit("--fit-to-time fits the schedule to --max-minutes: give both.")
     dev = _device(args.device)
@@ -422,6 +449,10 @@ def train(args: argparse.Namespace) -> Path:
         "fill": [model.tokens, model.transformer, model.synthesis],
     }.get(args.only, [model])
     gen_params = [p for part in parts for p in part.parameters() if p.requires_grad]
+    if args.only != "all":  # what the stage does not train takes no gradient (--mask-fill runs T and G for H)
+        trained = {id(p) for p in gen_params}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in trained)
     opt_g = torch.optim.Adam(gen_params, lr=args.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=args.lr, betas=(0.5, 0.999))
     sched_g = torch.optim.lr_scheduler.CosineAnnealingLR(opt_g, T_max=args.steps, eta_min=args.lr * 0.05)
@@ -502,7 +533,7 @@ def train(args: argparse.Namespace) -> Path:
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     segment = {"date": time.strftime("%Y-%m-%d"), "from_step": step, "to_step": step, "hours": 0.0, "device": where, "crop": args.crop, "batch": args.batch}
     if step == 0:  # a new stage (or run): say what it trains
-        segment["stage"] = f"--only {args.only} --conf {args.conf} --iou {args.iou}" + (f" --iou-form {args.iou_form}" if args.iou_form != "product" else "") + _fill_mask_flags(args, cfg) + (f" --spot-tone {args.spot_tone:g}" if args.spot_tone else "") + f" --lr {args.lr}" + (f", from {Path(args.init).name}" if args.init is not None else "")
+        segment["stage"] = f"--only {args.only} --conf {args.conf} --iou {args.iou}" + (f" --iou-form {args.iou_form}" if args.iou_form != "product" else "") + _fill_mask_flags(args, cfg) + (f" --spot-tone {args.spot_tone:g}" if args.spot_tone else "") + (f" --mask-fill {args.mask_fill:g}" if args.mask_fill else "") + f" --lr {args.lr}" + (f", from {Path(args.init).name}" if args.init is not None else "")
     history.append(segment)
     n_unpaired = 0 if args.no_unpaired else args.unpaired_batch
     if args.workers > 0:  # batches made in worker processes, each with its own generator
@@ -521,7 +552,7 @@ def train(args: argparse.Namespace) -> Path:
         with amp:
             out = gstep(y, xa, phi, xu, use_gt)
         adv_on = step >= args.adv_start and args.only != "mask"
-        loss_names = ["prior", "rec", "mask_reg", "mask_bce", "mask_iou", "x2y", "fill", "fill_outside", "hold_tone", "spot_tone", "mask_unpaired"]
+        loss_names = ["prior", "rec", "mask_reg", "mask_bce", "mask_iou", "x2y", "fill", "fill_outside", "hold_tone", "spot_tone", "mask_unpaired", "mask_fill"]
         g_loss = sum(out[k] for k in loss_names if k in out)
         if adv_on:  # L_adv^syn through D (not its DDP wrapper: D is not updated here)
             with amp:

@@ -1,6 +1,6 @@
 """Where the predicted mask loses in the blemishes through the whole pipeline.
 
-    python tests/bench/pipeline_mask.py --weights NAME=PATH [--weights ...] [--count 12] [--face-size 400]
+    python tests/bench/pipeline_mask.py --weights NAME=PATH [--weights ...] [--count 12] [--face-size 400] [--kind KIND]
 
 On held-out validation portraits (``--offset 200``, as the ship check's validation; synthetic
 blemishes sized in millimetres, faces ``--face-size`` px wide) each weights file goes through
@@ -21,6 +21,7 @@ import torch
 from engine.retoucher import Retoucher
 from engine.training.evaluate import BLEMISH_THRESHOLD, DEFAULT_CLEAN, face_size_pairs
 from engine.training.metrics import psnr
+from engine.training.synth import BLEMISH_KINDS, SynthConfig
 
 MISSED = 0.1  # a blemish pixel the mask leaves below this is missed
 
@@ -33,6 +34,7 @@ def main() -> None:
     ap.add_argument("--offset", type=int, default=200)
     ap.add_argument("--seed", type=int, default=1234, help="the evaluation's blemish seed (retouch eval --seed)")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--kind", choices=BLEMISH_KINDS, help="blemishes of this kind only (default: the evaluation's mix)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -42,7 +44,8 @@ def main() -> None:
         if not sep:
             ap.error(f"--weights takes NAME=PATH, not {spec!r}")
         models[name] = Retoucher.load(path, device="cpu")
-    pairs = face_size_pairs(DEFAULT_CLEAN, args.face_size, args.count, args.seed, args.offset)
+    only = SynthConfig.only(args.kind) if args.kind else None
+    pairs = face_size_pairs(DEFAULT_CLEAN, args.face_size, args.count, args.seed, args.offset, only)
     rows: dict[str, list[tuple[float, ...]]] = {k: [] for k in models}
     for _, raw, clean, true in pairs:
         region = true > BLEMISH_THRESHOLD
@@ -58,7 +61,8 @@ def main() -> None:
             rows[name].append((psnr(own, clean, mask=region), psnr(exact, clean, mask=region), float(a.mask[region].mean()),
                                float(missed.mean()), float(err[missed].sum() / max(err.sum(), 1e-12))))
     n = len(next(iter(rows.values())))
-    print(f"| weights ({n} faces {args.face_size} px wide, through the pipeline) | predicted mask: PSNR in blemishes (dB) "
+    what = f"{n} faces {args.face_size} px wide" + (f", {args.kind} only" if args.kind else "")
+    print(f"| weights ({what}, through the pipeline) | predicted mask: PSNR in blemishes (dB) "
           f"| exact mask: PSNR in blemishes (dB) | mask's mean in blemishes | blemish pixels below {MISSED} | their share of the error |")
     print("|---|---|---|---|---|---|")
     for name, v in rows.items():
