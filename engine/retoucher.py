@@ -84,6 +84,7 @@ class _RegionState:
     pred_delta_n: np.ndarray | None = None  # raw synthesis - input for the predicted mask (lazy)
     pred_mask_n: np.ndarray | None = None  # mask of that synthesis (None: the mask net's own)
     hold_n: np.ndarray | None = None  # where the tone hold applies, n x n float32 (0 below the eyes; None: everywhere)
+    tone_n: np.ndarray | None = None  # the prediction as the tone hold reads it (ModelConfig.hold_tophat_mm; None: mask_n)
     memo: OrderedDict = field(default_factory=OrderedDict)  # edit crop -> (mask crop, synthesis - input)
 
 
@@ -290,7 +291,8 @@ class Retoucher:
             x0, y0, x1, y1 = crop
             x = state.x_n[y0:y1, x0:x1]
             keep = None if state.hold_n is None else state.hold_n[y0:y1, x0:x1]
-            out = hold_tone_np(x, x + out, m_crop, state.mask_n[y0:y1, x0:x1], self.tone_sigma, keep) - x
+            tone = state.mask_n if state.tone_n is None else state.tone_n
+            out = hold_tone_np(x, x + out, m_crop, tone[y0:y1, x0:x1], self.tone_sigma, keep) - x
         state.memo[crop] = (m_crop.copy(), out)
         while len(state.memo) > SYNTH_MEMO:
             state.memo.popitem(last=False)
@@ -339,7 +341,11 @@ class Retoucher:
         gain_n = pl.detail_gain(crop, x_n, mask_n)
         below_eyes = under_eyes(faces, region.crop, region.n)
         hold_n = None if below_eyes is None else 1.0 - below_eyes
-        return _RegionState(region, enc, x_n, mask_n, gain_n, hold_n=hold_n)
+        tone_n = None
+        if self.model.config.hold_tophat_mm > 0:  # the hold reads the prediction without its haze
+            with torch.inference_mode():
+                tone_n = self.model.tophat(self._tensor(mask_n), self.model.config.hold_tophat_mm)[0, 0].float().cpu().numpy()
+        return _RegionState(region, enc, x_n, mask_n, gain_n, hold_n=hold_n, tone_n=tone_n)
 
     def _analyze_extra(self, a: "Analysis", region: rg.Region) -> _RegionState:
         """A region for strokes outside every planned one: edits there are laid over the
@@ -636,7 +642,8 @@ class Retoucher:
         filled = anchor_fill_np(x, m_in, float(self.model.synthesis.texture_sigma))
         if self.tone_sigma > 0:
             keep = None if state.hold_n is None else state.hold_n[fy0:fy1, fx0:fx1]
-            filled = hold_tone_np(x, filled, m_in, state.mask_n[fy0:fy1, fx0:fx1], self.tone_sigma, keep)
+            tone = state.mask_n if state.tone_n is None else state.tone_n
+            filled = hold_tone_np(x, filled, m_in, tone[fy0:fy1, fx0:fx1], self.tone_sigma, keep)
         filled = filled - x
         c = pl.edit_blend(ch)
         ix0, iy0, ix1, iy1 = inner

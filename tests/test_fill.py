@@ -260,3 +260,33 @@ def test_the_tone_hold_applies_only_where_keep_lets_it() -> None:
     assert np.abs(part[left] - fill[left]).max() < 1e-6 and np.abs(part[right] - held[right]).max() < 1e-6
     half = hold_tone_np(raw, fill, brush, pred, sigma, ones * 0.5)
     np.testing.assert_allclose(half, np.clip(fill + 0.5 * (held - fill), 0, 1), atol=1e-5)
+
+
+def test_a_hazy_prediction_lets_go_of_the_tone_unless_the_hold_reads_it_without_the_haze() -> None:
+    """A mask net trained through the fill lays a haze (0.5 here) over a whole cluster of spots: the
+    hold, reading it as blemish, lets the clean skin under a broad brush take the border's tone
+    (over 1 L* off). Read with the haze under the peaks taken away (RetouchFormer.tophat, as the
+    program does with ModelConfig.hold_tophat_mm), the tone holds again (within 0.5 L*)."""
+    from engine.model.fill import TONE_MM, hold_tone_np
+
+    clean, raw, brush, spots = _blushed_cluster()
+    pred = np.maximum.reduce(spots)
+    hazy = np.maximum(pred, cv2.GaussianBlur(0.5 * (brush > 0.5).astype(np.float32), (0, 0), 6.0)).astype(np.float32)
+    model = RetouchFormer(ModelConfig.preset("small"))
+    with torch.inference_mode():
+        read = model.tophat(torch.from_numpy(hazy)[None, None], 12.0)[0, 0].numpy()
+    assert read[pred > 0.5].mean() > 0.3 and read[(brush > 0.9) & (pred < 0.02)].mean() < 0.05  # spots kept, haze gone
+    sigma = TONE_MM * 1.6
+    fill = anchor_fill_np(raw, brush)
+    between = (brush > 0.9) & (pred < 0.02)
+    L = lambda im: srgb_to_lab(im)[..., 0]  # noqa: E731
+
+    def off(p: np.ndarray) -> float:
+        held = hold_tone_np(raw, fill, brush, p, sigma)
+        return abs(L(raw + brush[..., None] * (held - raw))[between].mean() - L(clean)[between].mean())
+
+    assert off(hazy) > 1.0 and off(read) < 0.5
+    # the top-hat leaves a prediction with no haze nearly as it is (the shipped weights' case)
+    with torch.inference_mode():
+        again = model.tophat(torch.from_numpy(pred)[None, None], 12.0)[0, 0].numpy()
+    assert np.abs(again - pred).max() < 0.02

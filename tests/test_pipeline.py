@@ -702,3 +702,28 @@ def test_a_brush_over_an_under_eye_circle_takes_its_tone_away(app_retoucher, mak
     monkeypatch.setattr(retoucher_mod, "under_eyes", lambda *args, **kw: None)
     held, _ = retouched()
     assert _lightness(held)[inside].mean() < _lightness(out)[inside].mean() - 1.0  # without the zone the hold keeps it dark
+
+
+def test_the_tone_hold_reads_the_prediction_without_its_haze_when_the_weights_say_so(tiny_weights, make_portrait):
+    """ModelConfig.hold_tophat_mm: the tone hold under a brush reads the region's prediction with
+    the haze under its peaks taken away; 0 (every checkpoint before it) reads it as it is."""
+    import dataclasses
+
+    import torch
+
+    from engine.retoucher import Retoucher
+
+    img, _ = make_portrait(512, 384, seed=1)
+    plain = Retoucher.load(tiny_weights, device="cpu")
+    assert all(s.tone_n is None for s in plain.analyze(img).states)
+    r = Retoucher.load(tiny_weights, device="cpu")
+    r.model.config = dataclasses.replace(r.model.config, hold_tophat_mm=6.0)
+    a = r.analyze(img)
+    assert a.states
+    for s in a.states:
+        with torch.inference_mode():
+            want = r.model.tophat(torch.from_numpy(s.mask_n)[None, None], 6.0)[0, 0].numpy()
+        assert np.abs(want - s.mask_n).max() > 0.05  # (the tiny model's prediction has a haze to take away)
+        np.testing.assert_allclose(s.tone_n, want, atol=1e-6)
+    with pytest.raises(ValueError, match="hold_tophat_mm"):
+        dataclasses.replace(r.model.config, hold_tophat_mm=-1.0)

@@ -60,6 +60,13 @@ class ModelConfig:
     mask_floor: float = 0.0
     mask_gain: float = 1.0
     mask_dilate_mm: float = 0.0
+    # The tone hold under a brush (engine.model.fill.hold_tone) reads the prediction for where the
+    # skin is clean. A mask net trained through the fill (``retouch train --mask-fill``) and
+    # calibrated without a top-hat lays a faint haze over a whole cluster of spots, which that
+    # reading would take for blemish, and the hold let go of the clean skin under the brush (paler
+    # or darker patches). With ``hold_tophat_mm`` > 0 the hold reads the prediction with the haze
+    # under its peaks (an opening that many millimetres wide) taken away; 0: as it is.
+    hold_tophat_mm: float = 0.0
     # With ``anchor``: G may change the anchor's texture and edges but not the local colour of the
     # fill: the part of its correction below this scale (a Gaussian this many millimetres wide) is
     # taken away, so a filled spot keeps the colour of the skin around it (no paler or yellower
@@ -70,7 +77,7 @@ class ModelConfig:
     TOKEN_STRIDE = 8  # the token grid is 1/8 of the image
     #: Fields that change what the model computes but none of its parameters: a training run
     #: resumes with them changed, and calibration sets them after training.
-    SETTINGS = ("mask_tophat_mm", "mask_floor", "mask_gain", "mask_dilate_mm", "colour_lock_mm")
+    SETTINGS = ("mask_tophat_mm", "mask_floor", "mask_gain", "mask_dilate_mm", "hold_tophat_mm", "colour_lock_mm")
 
     def structure(self) -> dict[str, Any]:
         """The configuration without :data:`SETTINGS`: what the parameters depend on."""
@@ -97,6 +104,8 @@ class ModelConfig:
             raise ValueError("mask_gain must be at least 1")
         if not self.mask_dilate_mm >= 0.0:
             raise ValueError("mask_dilate_mm must not be negative")
+        if not self.hold_tophat_mm >= 0.0:
+            raise ValueError("hold_tophat_mm must not be negative")
         if not self.colour_lock_mm >= 0.0:
             raise ValueError("colour_lock_mm must not be negative")
 

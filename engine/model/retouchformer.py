@@ -91,10 +91,7 @@ class RetouchFormer(nn.Module):
         t = self.config.mask_tophat_mm if tophat_mm is None else tophat_mm
         g = self.config.mask_gain if gain is None else gain
         d = self.config.mask_dilate_mm if dilate_mm is None else dilate_mm
-        k = int(round(t * self.config.work_px_per_mm)) // 2 * 2 + 1 if t > 0 else 1
-        if k > 1:  # white top-hat: what stands out of a morphological opening k working pixels wide
-            haze = F.max_pool2d(-F.max_pool2d(-mask, k, 1, k // 2), k, 1, k // 2)
-            mask = ((mask - haze) / (1.0 - haze).clamp_min(1e-3)).clamp(0.0, 1.0)
+        mask = self.tophat(mask, t)
         if f > 0:
             mask = ((mask - f) / (1.0 - f)).clamp(0.0, 1.0)
         if g != 1.0:
@@ -103,6 +100,16 @@ class RetouchFormer(nn.Module):
         if r > 0:  # grey dilation: each pixel takes the strongest value within r working pixels
             mask = F.max_pool2d(mask, 2 * r + 1, 1, r)
         return mask
+
+    def tophat(self, mask: torch.Tensor, mm: float) -> torch.Tensor:
+        """``mask`` (B, 1, H, W) with the broad haze under its peaks taken away: a white top-hat,
+        what stands out of a morphological opening ``mm`` millimetres wide (0: as it is),
+        stretched back to 0..1 over the haze."""
+        k = int(round(mm * self.config.work_px_per_mm)) // 2 * 2 + 1 if mm > 0 else 1
+        if k <= 1:
+            return mask
+        haze = F.max_pool2d(-F.max_pool2d(-mask, k, 1, k // 2), k, 1, k // 2)
+        return ((mask - haze) / (1.0 - haze).clamp_min(1e-3)).clamp(0.0, 1.0)
 
     def token_weights(self, mask: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """f_H: the pixel mask brought to the token grid (max-pooled so small blemishes count)."""

@@ -22,6 +22,12 @@ lightness a healed spot should take. Negative is a dark smudge where a spot was 
 brown acne marks: stages 12-14 in the model card), positive a pale one; the candidate's mean absolute
 offset should be no larger than the bundled weights'. (The photo's own spots sit at about -3 to -6
 L* there, Telea's fill is the classical reference.)
+
+Two more tables do the same without a brush: each weights retouch the photo with their own
+predicted mask, as the program does on opening it, and the same pixels are scored (the clean skin
+and the spots of the first weights' mask under the brush's footprint). A mask that lays a haze over
+a cluster (a mask net trained through the fill, --mask-fill) fills the skin between the spots as
+a brush does, without the brush's tone hold: a pale patch there shows as a positive shift.
 """
 from __future__ import annotations
 
@@ -57,6 +63,8 @@ def main() -> None:
     shifts: dict[str, list[float]] = {n: [] for n, _ in models}
     shifts["Telea"] = []
     spots_off: dict[str, list[float]] = {"photo": [], **{n: [] for n in shifts}}  # filled spots against the skin
+    own: dict[str, list[float]] = {n: [] for n, _ in models}  # the same, each weights' own prediction, no brush
+    own_spots: dict[str, list[float]] = {n: [] for n, _ in models}
     measured: list[str] = []
     print("| photo | " + " | ".join(f"{n}: L* shift on clean skin under the brush" for n in shifts) + " |")
     print("|---|" + "---|" * len(shifts))
@@ -81,6 +89,9 @@ def main() -> None:
             shifts[n].append(float(after - before))
             spots_off[n].append(float(result[spots].mean() - before) if spots.any() else np.nan)
             cells.append(f"{after - before:+.2f}")
+            plain = lightness(r.composite(photo, r.render(a), 1.0))
+            own[n].append(float(plain[between].mean() - before))
+            own_spots[n].append(float(plain[spots].mean() - before) if spots.any() else np.nan)
         telea = from_float(telea_heal(to_float(photo), mask, first.plan.px_per_mm), photo.dtype)
         telea_l = lightness(telea)
         shifts["Telea"].append(float(telea_l[between].mean() - before))
@@ -93,6 +104,11 @@ def main() -> None:
     for i, name in enumerate(measured):
         print(f"| {name} | " + " | ".join("n/a" if np.isnan(v[i]) else f"{v[i]:+.2f}" for v in spots_off.values()) + " |")
     print("| mean (mean absolute) | " + " | ".join(f"{np.nanmean(v):+.2f} ({np.nanmean(np.abs(v)):.2f})" for v in spots_off.values()) + " |")
+    print("\n| photo (no brush: each weights' own predicted mask) | " + " | ".join(f"{n}: L* shift on the clean skin | {n}: filled spots' L* minus the clean skin's" for n in own) + " |")
+    print("|---|" + "---|---|" * len(own))
+    for i, name in enumerate(measured):
+        print(f"| {name} | " + " | ".join(f"{own[n][i]:+.2f} | " + ("n/a" if np.isnan(own_spots[n][i]) else f"{own_spots[n][i]:+.2f}") for n in own) + " |")
+    print("| mean (mean absolute) | " + " | ".join(f"{np.mean(own[n]):+.2f} ({np.mean(np.abs(own[n])):.2f}) | {np.nanmean(own_spots[n]):+.2f} ({np.nanmean(np.abs(own_spots[n])):.2f})" for n in own) + " |")
 
 
 if __name__ == "__main__":
