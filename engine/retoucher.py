@@ -87,6 +87,11 @@ class _RegionState:
     tone_n: np.ndarray | None = None  # the prediction as the tone hold reads it (ModelConfig.hold_tophat_mm; None: mask_n)
     memo: OrderedDict = field(default_factory=OrderedDict)  # edit crop -> (mask crop, synthesis - input)
 
+    @property
+    def tone_pred(self) -> np.ndarray:
+        """The prediction as the tone hold under a brush reads it."""
+        return self.mask_n if self.tone_n is None else self.tone_n
+
 
 @dataclass(frozen=True, eq=False)
 class _Work:
@@ -291,8 +296,7 @@ class Retoucher:
             x0, y0, x1, y1 = crop
             x = state.x_n[y0:y1, x0:x1]
             keep = None if state.hold_n is None else state.hold_n[y0:y1, x0:x1]
-            tone = state.mask_n if state.tone_n is None else state.tone_n
-            out = hold_tone_np(x, x + out, m_crop, tone[y0:y1, x0:x1], self.tone_sigma, keep) - x
+            out = hold_tone_np(x, x + out, m_crop, state.tone_pred[y0:y1, x0:x1], self.tone_sigma, keep) - x
         state.memo[crop] = (m_crop.copy(), out)
         while len(state.memo) > SYNTH_MEMO:
             state.memo.popitem(last=False)
@@ -642,8 +646,7 @@ class Retoucher:
         filled = anchor_fill_np(x, m_in, float(self.model.synthesis.texture_sigma))
         if self.tone_sigma > 0:
             keep = None if state.hold_n is None else state.hold_n[fy0:fy1, fx0:fx1]
-            tone = state.mask_n if state.tone_n is None else state.tone_n
-            filled = hold_tone_np(x, filled, m_in, tone[fy0:fy1, fx0:fx1], self.tone_sigma, keep)
+            filled = hold_tone_np(x, filled, m_in, state.tone_pred[fy0:fy1, fx0:fx1], self.tone_sigma, keep)
         filled = filled - x
         c = pl.edit_blend(ch)
         ix0, iy0, ix1, iy1 = inner
