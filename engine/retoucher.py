@@ -345,11 +345,15 @@ class Retoucher:
         gain_n = pl.detail_gain(crop, x_n, mask_n)
         below_eyes = under_eyes(faces, region.crop, region.n)
         hold_n = None if below_eyes is None else 1.0 - below_eyes
-        tone_n = None
-        if self.model.config.hold_tophat_mm > 0:  # the hold reads the prediction without its haze
-            with torch.inference_mode():
-                tone_n = self.model.tophat(self._tensor(mask_n), self.model.config.hold_tophat_mm)[0, 0].float().cpu().numpy()
-        return _RegionState(region, enc, x_n, mask_n, gain_n, hold_n=hold_n, tone_n=tone_n)
+        return _RegionState(region, enc, x_n, mask_n, gain_n, hold_n=hold_n, tone_n=self._tone_reading(mask_n))
+
+    def _tone_reading(self, mask_n: np.ndarray) -> np.ndarray | None:
+        """``mask_n`` as the tone hold reads it: without its haze when the weights say so
+        (ModelConfig.hold_tophat_mm), else None (the hold reads ``mask_n`` itself)."""
+        if self.model.config.hold_tophat_mm <= 0:
+            return None
+        with torch.inference_mode():
+            return self.model.tophat(self._tensor(mask_n), self.model.config.hold_tophat_mm)[0, 0].float().cpu().numpy()
 
     def _analyze_extra(self, a: "Analysis", region: rg.Region) -> _RegionState:
         """A region for strokes outside every planned one: edits there are laid over the
@@ -358,6 +362,7 @@ class Retoucher:
         x0, y0, x1, y1 = region.box
         state.mask_n = pl.mask_to_work(a.mask[y0:y1, x0:x1], region)
         state.pred_mask_n = state.mask_n
+        state.tone_n = self._tone_reading(state.mask_n)  # the hold reads the mask the edits are laid over
         return state
 
     @staticmethod

@@ -720,7 +720,9 @@ def test_the_tone_hold_reads_the_prediction_without_its_haze_when_the_weights_sa
     r.model.config = dataclasses.replace(r.model.config, hold_tophat_mm=6.0)
     a = r.analyze(img)
     assert a.states
-    for s in a.states:
+    r.render(a, np.ones(img.shape[:2], np.float32))  # strokes everywhere: regions of their own beside the planned ones
+    assert a.extras  # (their edits are laid over the analysis's mask, which the hold then reads)
+    for s in a.states + a.extras:
         with torch.inference_mode():
             want = r.model.tophat(torch.from_numpy(s.mask_n)[None, None], 6.0)[0, 0].numpy()
         assert np.abs(want - s.mask_n).max() > 0.05  # (the tiny model's prediction has a haze to take away)
