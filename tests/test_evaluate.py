@@ -292,3 +292,29 @@ def test_ship_verdict_needs_the_validation_tables(tmp_path) -> None:
     (tmp_path / "validation.json").write_text("{not json")
     with pytest.raises(SystemExit, match="cannot be read"):
         ship.main([str(tmp_path)])
+
+
+def test_the_brush_benchmarks_tone_spread_sees_blotches_not_grain(monkeypatch) -> None:
+    """brush_lightness.py's evenness figure: skin grain finer than its 0.5-mm Gaussian barely
+    counts, nor does the face's shading; brown dots 1.5 mm wide (a blotchy fill) raise it, and an even
+    fill lowers it."""
+    import cv2
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent / "bench"))
+    from brush_lightness import spread
+
+    px_per_mm = 4.0
+    rng = np.random.default_rng(0)
+    skin = np.full((120, 120, 3), (200, 150, 130), np.float32)
+    grain = skin + rng.normal(0, 6, skin.shape[:2])[..., None]  # pores: one-pixel noise
+    blotchy = grain.copy()
+    for y, x in rng.integers(10, 110, (60, 2)):
+        cv2.circle(blotchy, (int(x), int(y)), 3, (170, 120, 90), -1)  # brown dots 1.5 mm wide
+    region = np.ones(skin.shape[:2], bool)
+    as_u8 = lambda a: np.clip(a, 0, 255).astype(np.uint8)  # noqa: E731
+    flat, grainy, dots = (spread(as_u8(a), region, px_per_mm) for a in (skin, grain, blotchy))
+    assert flat == pytest.approx(0.0, abs=1e-3)
+    assert grainy < 1.0 < dots  # ΔE: grain below what an eye sees at 100 %, the dots above
+    assert dots > 1.5 * spread(as_u8(cv2.GaussianBlur(blotchy, (0, 0), 4)), region, px_per_mm)  # evened out
+    shaded = skin - np.linspace(0, 60, 120, dtype=np.float32)[None, :, None]  # the face turning away from the light
+    assert spread(as_u8(shaded), region, px_per_mm) < 0.5

@@ -218,7 +218,7 @@ def test_fill_outside_term_is_logged_only_when_asked(dataset, tmp_path) -> None:
     assert on["x2y"] == pytest.approx(off["x2y"])  # same data and weights at step 1: only the new term differs
 
 
-@pytest.mark.parametrize("flag", ["--hold-tone", "--spot-tone"])
+@pytest.mark.parametrize("flag", ["--hold-tone", "--spot-tone", "--own-tone"])
 def test_real_photo_tone_terms_are_logged_only_when_asked(dataset, tmp_path, flag) -> None:
     key = flag[2:].replace("-", "_")
     train(_args(dataset, tmp_path / "off", 1))
@@ -228,7 +228,16 @@ def test_real_photo_tone_terms_are_logged_only_when_asked(dataset, tmp_path, fla
     assert key not in off and np.isfinite(on[key]) and on[key] >= 0
     assert on["x2y"] == pytest.approx(off["x2y"])  # same data and weights at step 1: only the new term differs
     stage = torch.load(tmp_path / "on" / "last.pt", map_location="cpu", weights_only=False)["history"][-1]["stage"]
-    assert ("--spot-tone 10" in stage) == (flag == "--spot-tone")  # the stage says it trained with the term
+    assert (f"{flag} 10" in stage) == (flag != "--hold-tone")  # the stage says it trained with the term
+
+
+def test_own_tone_trains_the_fill_on_the_raw_photos(dataset, tmp_path) -> None:
+    """--own-tone holds the fill under H̄'s own mask on the raw-only photos: a stage that trains no
+    fill, or one without those photos, is refused rather than run without the term."""
+    with pytest.raises(SystemExit, match="not --only mask"):
+        train(_args(dataset, tmp_path / "mask", 1, "--only", "mask", "--own-tone", "10"))
+    with pytest.raises(SystemExit, match="--no-unpaired"):
+        train(_args(dataset, tmp_path / "paired", 1, "--no-unpaired", "--own-tone", "10"))
 
 
 def test_spot_tone_wants_a_filled_spot_in_the_tone_of_the_skin_around_it() -> None:

@@ -29,6 +29,10 @@ Deviations, each for a stated reason:
 - --spot-tone: under the same brush the spots in it are held to the tone of the clean skin around them
   (losses.spot_tone): synthetic spots are blends toward the clean target, a real brown mark is not, and
   fills trained on synthetic pairs alone left dark smudges where brushed real acne had been (model card).
+- --own-tone: the spots are held to the same tone under the mask H̄ predicts, with no brush, as a
+  photo opens: a hazy prediction over a cluster marks few of its tokens as skin to fill from, and the
+  fill under it took the tone of the cluster (blotches of brown with yellowish dots where the spots
+  were, model card, twenty-first session), which the brushed mask of --spot-tone does not show.
 - --mask-fill (mask-only stages): the mask terms above pull H toward φ, but the mask is the fill's
   blend weight, and the weight that heals best is not φ (through the pipeline the exact φ loses to a
   stronger mask on flat brown spots; model card, twentieth session). The term hands H's own
@@ -115,6 +119,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--fill-outside", type=float, default=0.0, help="L1 weight of the raw synthesis against y outside the blemishes (robustness to masks that are too wide)")
     p.add_argument("--hold-tone", type=float, default=0.0, help="L1 weight of the tone shift (local mean over 2 mm) of clean skin under a brushed mask on the raw-only photos (no pale patches where a brush covers clean skin between spots)")
     p.add_argument("--spot-tone", type=float, default=0.0, help="L1 weight of the filled spots' tone against the clean skin around them under a brushed mask on the raw-only photos (local means over 1 and 2 mm: no dark smudge where a brushed spot was)")
+    p.add_argument("--own-tone", type=float, default=0.0, help="L1 weight of the filled spots' tone against the clean skin around them under H̄'s own calibrated prediction on the raw-only photos, with no brush (local means over 1 and 2 mm, the skin's taken where a brush over the prediction would reach: no blotch where a spot the mask found was)")
     p.add_argument("--mask-fill", type=float, default=0.0, help="with --only mask: L1 weight of the fill's composite under H's own calibrated prediction (T and G as they are) against the clean face, near the blemishes and over the whole crop: the mask learns where the fill helps, pixel by pixel (the evaluation's PSNR through the pipeline, made a loss)")
     p.add_argument("--adv", type=float, default=0.05, help="weight of the adversarial term for the generator")
     p.add_argument("--adv-start", type=int, default=1000, help="step at which the adversarial terms start")
@@ -221,16 +226,21 @@ class GeneratorStep(nn.Module):
             fr = m.transformer(tu, m.token_weights(teacher, fu[3]))
             out["yu_hat"], _ = m.synthesis(fr, fu, xu, teacher)
             out["xu_mask"] = teacher
-            if a.hold_tone or a.spot_tone:  # a brush over whole clusters, as a photographer paints one on a real photo
+            if a.hold_tone or a.spot_tone or a.own_tone:  # a brush over whole clusters, as a photographer paints one on a real photo
                 px = m.config.work_px_per_mm
                 brush = brushed(teacher, px)
+                # the skin the brush covers that H̄ calls clean: the tone a filled spot should take (the
+                # skin near the spots, not hair, a shadow or the background the mask leaves alone)
+                clean = ((brush > 0.9) & (teacher < 0.05)).float()
+                spots = ((brush > 0.9) & (teacher > SPOT)).float()
+                if a.own_tone:  # with no brush, the spots H̄'s own mask fills take that tone (no blotch where they were)
+                    out["own_tone"] = a.own_tone * losses.spot_tone(out["yu_hat"], xu, spots, clean, SPOT_SIGMA_MM * px, TONE_SIGMA_MM * px)
+            if a.hold_tone or a.spot_tone:
                 fb = m.transformer(tu, m.token_weights(brush, fu[3]))
                 yu_b, _ = m.synthesis(fb, fu, xu, brush)
-                clean = ((brush > 0.9) & (teacher < 0.05)).float()
                 if a.hold_tone:  # must not leave a pale patch on the clean skin it covers
                     out["hold_tone"] = a.hold_tone * losses.tone_shift(yu_b, xu, clean, TONE_SIGMA_MM * px)
                 if a.spot_tone:  # and the spots under it take the tone of that skin (no dark smudge where they were)
-                    spots = ((brush > 0.9) & (teacher > SPOT)).float()
                     out["spot_tone"] = a.spot_tone * losses.spot_tone(yu_b, xu, spots, clean, SPOT_SIGMA_MM * px, TONE_SIGMA_MM * px)
         return out
 
@@ -430,6 +440,8 @@ def train(args: argparse.Namespace) -> Path:
             args.device = f"cuda:{local}"
     if args.mask_fill and args.only != "mask":
         raise SystemExit("--mask-fill trains the mask net through the fill: it is a term of a mask-only stage (--only mask).")
+    if args.own_tone and (args.only == "mask" or args.no_unpaired):
+        raise SystemExit("--own-tone trains the fill on the raw-only photos: it needs them (no --no-unpaired) and a stage that trains the fill (not --only mask).")
     if args.fit_to_time and not args.max_minutes:
         raise SystemExit("--fit-to-time fits the schedule to --max-minutes: give both.")
     dev = _device(args.device)
@@ -533,7 +545,7 @@ def train(args: argparse.Namespace) -> Path:
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     segment = {"date": time.strftime("%Y-%m-%d"), "from_step": step, "to_step": step, "hours": 0.0, "device": where, "crop": args.crop, "batch": args.batch}
     if step == 0:  # a new stage (or run): say what it trains
-        segment["stage"] = f"--only {args.only} --conf {args.conf} --iou {args.iou}" + (f" --iou-form {args.iou_form}" if args.iou_form != "product" else "") + _fill_mask_flags(args, cfg) + (f" --spot-tone {args.spot_tone:g}" if args.spot_tone else "") + (f" --mask-fill {args.mask_fill:g}" if args.mask_fill else "") + f" --lr {args.lr}" + (f", from {Path(args.init).name}" if args.init is not None else "")
+        segment["stage"] = f"--only {args.only} --conf {args.conf} --iou {args.iou}" + (f" --iou-form {args.iou_form}" if args.iou_form != "product" else "") + _fill_mask_flags(args, cfg) + (f" --spot-tone {args.spot_tone:g}" if args.spot_tone else "") + (f" --own-tone {args.own_tone:g}" if args.own_tone else "") + (f" --mask-fill {args.mask_fill:g}" if args.mask_fill else "") + f" --lr {args.lr}" + (f", from {Path(args.init).name}" if args.init is not None else "")
     history.append(segment)
     n_unpaired = 0 if args.no_unpaired else args.unpaired_batch
     if args.workers > 0:  # batches made in worker processes, each with its own generator
@@ -552,7 +564,7 @@ def train(args: argparse.Namespace) -> Path:
         with amp:
             out = gstep(y, xa, phi, xu, use_gt)
         adv_on = step >= args.adv_start and args.only != "mask"
-        loss_names = ["prior", "rec", "mask_reg", "mask_bce", "mask_iou", "x2y", "fill", "fill_outside", "hold_tone", "spot_tone", "mask_unpaired", "mask_fill"]
+        loss_names = ["prior", "rec", "mask_reg", "mask_bce", "mask_iou", "x2y", "fill", "fill_outside", "hold_tone", "spot_tone", "own_tone", "mask_unpaired", "mask_fill"]
         g_loss = sum(out[k] for k in loss_names if k in out)
         if adv_on:  # L_adv^syn through D (not its DDP wrapper: D is not updated here)
             with amp:

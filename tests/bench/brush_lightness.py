@@ -28,11 +28,19 @@ predicted mask, as the program does on opening it, and the same pixels are score
 and the spots of the first weights' mask under the brush's footprint). A mask that lays a haze over
 a cluster (a mask net trained through the fill, --mask-fill) fills the skin between the spots as
 a brush does, without the brush's tone hold: a pale patch there shows as a positive shift.
+
+A last table scores how even the skin under the brush's footprint is left, with no brush: the mean
+CIELAB colour difference (ΔE76) of each pixel's local colour (a Gaussian of 0.5 mm: pores and grain
+do not count, spots and blotches do) from its neighbourhood's (3 mm: the face's shading does not
+count either). The photo's own figure is
+its acne; a fill that leaves red rings or a blotchy cluster (brown with yellowish dots where spots
+were, model card, twenty-first session) scores higher than one that leaves the cluster even.
 """
 from __future__ import annotations
 
 import argparse
 
+import cv2
 import numpy as np
 
 from engine.imageio import from_float, load_image, to_float
@@ -52,6 +60,17 @@ def lightness(rgb: np.ndarray) -> np.ndarray:
     return srgb_to_lab(to_float(rgb))[..., 0]
 
 
+SPREAD_MM = (0.5, 3.0)  # the local colour's Gaussian and the neighbourhood's, in millimetres
+
+
+def spread(rgb: np.ndarray, region: np.ndarray, px_per_mm: float) -> float:
+    """Mean ΔE76 over ``region`` of the local colour (a Gaussian of 0.5 mm) from its neighbourhood's
+    (one of 3 mm): spots, rings and blotches count, pores and grain do not, nor does the face's shading."""
+    lab = srgb_to_lab(to_float(rgb)).astype(np.float32)
+    local, around = (cv2.GaussianBlur(lab, (0, 0), max(mm * px_per_mm, 0.5)) for mm in SPREAD_MM)
+    return float(np.linalg.norm((local - around)[region], axis=1).mean())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--weights", action="append", required=True, help="NAME=PATH (repeat); the first one's mask is brushed")
@@ -65,6 +84,7 @@ def main() -> None:
     spots_off: dict[str, list[float]] = {"photo": [], **{n: [] for n in shifts}}  # filled spots against the skin
     own: dict[str, list[float]] = {n: [] for n, _ in models}  # the same, each weights' own prediction, no brush
     own_spots: dict[str, list[float]] = {n: [] for n, _ in models}
+    even: dict[str, list[float]] = {"photo": [], **{n: [] for n, _ in models}}  # the footprint's tone spread, no brush
     measured: list[str] = []
     print("| photo | " + " | ".join(f"{n}: L* shift on clean skin under the brush" for n in shifts) + " |")
     print("|---|" + "---|" * len(shifts))
@@ -81,6 +101,8 @@ def main() -> None:
         measured.append(name)
         spots = (mask > 0.9) & (first.mask > 0.5)
         spots_off["photo"].append(float(photo_l[spots].mean() - before) if spots.any() else np.nan)
+        footprint = mask > 0.9
+        even["photo"].append(spread(photo, footprint, first.plan.px_per_mm))
         cells = []
         for n, r in models:
             a = first if r is models[0][1] else r.analyze(photo)
@@ -89,9 +111,11 @@ def main() -> None:
             shifts[n].append(float(after - before))
             spots_off[n].append(float(result[spots].mean() - before) if spots.any() else np.nan)
             cells.append(f"{after - before:+.2f}")
-            plain = lightness(r.composite(photo, r.render(a), 1.0))
+            opened = r.composite(photo, r.render(a), 1.0)  # as the program shows the photo on opening it
+            plain = lightness(opened)
             own[n].append(float(plain[between].mean() - before))
             own_spots[n].append(float(plain[spots].mean() - before) if spots.any() else np.nan)
+            even[n].append(spread(opened, footprint, first.plan.px_per_mm))
         telea = from_float(telea_heal(to_float(photo), mask, first.plan.px_per_mm), photo.dtype)
         telea_l = lightness(telea)
         shifts["Telea"].append(float(telea_l[between].mean() - before))
@@ -109,6 +133,12 @@ def main() -> None:
     for i, name in enumerate(measured):
         print(f"| {name} | " + " | ".join(f"{own[n][i]:+.2f} | " + ("n/a" if np.isnan(own_spots[n][i]) else f"{own_spots[n][i]:+.2f}") for n in own) + " |")
     print("| mean (mean absolute) | " + " | ".join(f"{np.mean(own[n]):+.2f} ({np.mean(np.abs(own[n])):.2f}) | {np.nanmean(own_spots[n]):+.2f} ({np.nanmean(np.abs(own_spots[n])):.2f})" for n in own) + " |")
+
+    print("\n| photo (no brush) | " + " | ".join(f"{n}: tone spread under the footprint (ΔE)" for n in even) + " |")
+    print("|---|" + "---|" * len(even))
+    for i, name in enumerate(measured):
+        print(f"| {name} | " + " | ".join(f"{v[i]:.2f}" for v in even.values()) + " |")
+    print("| mean | " + " | ".join(f"{np.mean(v):.2f}" for v in even.values()) + " |")
 
 
 if __name__ == "__main__":
