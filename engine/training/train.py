@@ -29,10 +29,12 @@ Deviations, each for a stated reason:
 - --spot-tone: under the same brush the spots in it are held to the tone of the clean skin around them
   (losses.spot_tone): synthetic spots are blends toward the clean target, a real brown mark is not, and
   fills trained on synthetic pairs alone left dark smudges where brushed real acne had been (model card).
-- --own-tone: the spots are held to the same tone under the mask H̄ predicts, with no brush, as a
-  photo opens: a hazy prediction over a cluster marks few of its tokens as skin to fill from, and the
-  fill under it took the tone of the cluster (blotches of brown with yellowish dots where the spots
-  were, model card, twenty-first session), which the brushed mask of --spot-tone does not show.
+- --own-tone: the spots are held to the same tone (of the same clean skin under that brush) under
+  the mask H̄ predicts, with no brush, as a photo opens: a hazy prediction over a cluster marks few
+  of its tokens as skin to fill from, and the fill under it took the tone of the cluster (blotches
+  of brown with yellowish dots where the spots were, model card, twenty-first session), which the
+  brushed mask of --spot-tone does not show. Taken from all the skin the mask leaves alone, that
+  tone included shadows and hair near the spots, and the fills went dark.
 - --mask-fill (mask-only stages): the mask terms above pull H toward φ, but the mask is the fill's
   blend weight, and the weight that heals best is not φ (through the pipeline the exact φ loses to a
   stronger mask on flat brown spots; model card, twentieth session). The term hands H's own

@@ -32,9 +32,9 @@ a brush does, without the brush's tone hold: a pale patch there shows as a posit
 A last table scores how even the skin under the brush's footprint is left, with no brush: the mean
 CIELAB colour difference (ΔE76) of each pixel's local colour (a Gaussian of 0.5 mm: pores and grain
 do not count, spots and blotches do) from its neighbourhood's (3 mm: the face's shading does not
-count either). The photo's own figure is
-its acne; a fill that leaves red rings or a blotchy cluster (brown with yellowish dots where spots
-were, model card, twenty-first session) scores higher than one that leaves the cluster even.
+count either). The photo's own figure is its acne; a fill that leaves red rings or a blotchy
+cluster (brown with yellowish dots where spots were, model card, twenty-first session) scores
+higher than one that leaves the cluster even.
 """
 from __future__ import annotations
 
