@@ -229,6 +229,32 @@ def test_real_photo_tone_terms_are_logged_only_when_asked(dataset, tmp_path, fla
     assert on["x2y"] == pytest.approx(off["x2y"])  # same data and weights at step 1: only the new term differs
     stage = torch.load(tmp_path / "on" / "last.pt", map_location="cpu", weights_only=False)["history"][-1]["stage"]
     assert (f"{flag} 10" in stage) == (flag != "--hold-tone")  # the stage says it trained with the term
+    assert "--tone-reach" not in stage  # the default reach goes unsaid
+
+
+def test_spot_tone_reach_takes_the_tone_of_a_few_rims_inside_a_cluster() -> None:
+    """Inside a dense cluster the clean skin is a thin rim between the spots, far below a fifth of the
+    Gaussian's weight: by default such a spot has no reference and pays nothing for a smudge; with a
+    lower ``reach`` the rim's tone is its reference, and a fill in that tone pays nothing again."""
+    torch.manual_seed(0)
+    skin_tone = torch.tensor([0.8, 0.6, 0.5])[None, :, None, None]
+    ref = skin_tone + 0.02 * torch.rand(1, 3, 64, 64)
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    r2 = (yy - 32) ** 2 + (xx - 32) ** 2
+    spots = (r2 < 144).float()[None, None]  # a cluster 24 px across, marked as one spot by a hazy mask
+    rim = ((r2 >= 144) & (r2 < 169)).float()[None, None]  # and one pixel of clean skin round it
+    photo = ref - 0.12 * spots
+    smudge = ref - 0.06 * spots
+    assert spot_tone(smudge, photo, spots, rim, 1.6, 3.2).item() == 0.0  # a fifth of the weight: not reached
+    low = spot_tone(smudge, photo, spots, rim, 1.6, 3.2, reach=0.02).item()
+    assert low == pytest.approx(0.06, abs=0.015)
+    assert spot_tone(ref.clone(), photo, spots, rim, 1.6, 3.2, reach=0.02).item() < 0.3 * low
+
+
+def test_tone_reach_is_said_in_the_stage(dataset, tmp_path) -> None:
+    train(_args(dataset, tmp_path / "reach", 1, "--spot-tone", "10", "--tone-reach", "0.02"))
+    stage = torch.load(tmp_path / "reach" / "last.pt", map_location="cpu", weights_only=False)["history"][-1]["stage"]
+    assert "--spot-tone 10 --tone-reach 0.02" in stage
 
 
 def test_own_tone_trains_the_fill_on_the_raw_photos(dataset, tmp_path) -> None:

@@ -101,19 +101,21 @@ def tone_shift(out: torch.Tensor, ref: torch.Tensor, region: torch.Tensor, sigma
     return (shift.abs() * where).sum() / (out.shape[1] * where.sum()).clamp_min(1.0)
 
 
-def spot_tone(out: torch.Tensor, ref: torch.Tensor, spots: torch.Tensor, skin: torch.Tensor, spot_sigma: float, skin_sigma: float, limit: float = 0.2) -> torch.Tensor:
+def spot_tone(out: torch.Tensor, ref: torch.Tensor, spots: torch.Tensor, skin: torch.Tensor, spot_sigma: float, skin_sigma: float, limit: float = 0.2, reach: float = 0.2) -> torch.Tensor:
     """Mean |local mean of ``out`` over ``spots`` − local mean of ``ref`` over ``skin``| on the spots
     (each local mean a normalised Gaussian convolution, of ``spot_sigma`` and ``skin_sigma`` pixels).
 
     A healed spot takes the tone of the clean skin around it: a fill that keeps part of a brown
     spot's darkness (a smudge) or leaves it paler than the skin pays, its texture below
-    ``spot_sigma`` does not. Spots with little skin near them (less than a fifth of the Gaussian's
-    weight) do not count, nor do "spots" that in ``ref`` differ from that skin by more than ``limit``
-    in a channel (a nostril, an eye, hair or a black border a mask marked: no blemish to heal).
+    ``spot_sigma`` does not. Spots with little skin near them (less than ``reach`` of the Gaussian's
+    weight: a fifth by default) do not count, nor do "spots" that in ``ref`` differ from that skin by
+    more than ``limit`` in a channel (a nostril, an eye, hair or a black border a mask marked: no
+    blemish to heal). Inside a dense cluster under a hazy mask the clean skin is a few rims between
+    the spots, far below a fifth of the weight: a lower ``reach`` takes their tone there too.
     """
     tone, den = _local_mean(ref, skin, skin_sigma)
     blemish = ((_local_mean(ref, spots, spot_sigma)[0] - tone).abs().amax(1, keepdim=True) < limit).float()
-    where = spots * (den > 0.2).float() * blemish
+    where = spots * (den > reach).float() * blemish
     return ((_local_mean(out, spots, spot_sigma)[0] - tone).abs() * where).sum() / (out.shape[1] * where.sum()).clamp_min(1.0)
 
 
