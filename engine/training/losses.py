@@ -101,7 +101,10 @@ def tone_shift(out: torch.Tensor, ref: torch.Tensor, region: torch.Tensor, sigma
     return (shift.abs() * where).sum() / (out.shape[1] * where.sum()).clamp_min(1.0)
 
 
-def spot_tone(out: torch.Tensor, ref: torch.Tensor, spots: torch.Tensor, skin: torch.Tensor, spot_sigma: float, skin_sigma: float, limit: float = 0.2, reach: float = 0.2) -> torch.Tensor:
+TONE_REACH = 0.2  # spot_tone's default: the least share of the skin's Gaussian weight near a spot for it to count
+
+
+def spot_tone(out: torch.Tensor, ref: torch.Tensor, spots: torch.Tensor, skin: torch.Tensor, spot_sigma: float, skin_sigma: float, limit: float = 0.2, reach: float = TONE_REACH) -> torch.Tensor:
     """Mean |local mean of ``out`` over ``spots`` − local mean of ``ref`` over ``skin``| on the spots
     (each local mean a normalised Gaussian convolution, of ``spot_sigma`` and ``skin_sigma`` pixels).
 
