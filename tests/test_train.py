@@ -257,6 +257,39 @@ def test_tone_reach_is_said_in_the_stage(dataset, tmp_path) -> None:
     assert "--spot-tone 10 --tone-reach 0.02" in stage
 
 
+def test_tone_held_judges_the_brushed_spots_after_the_programs_tone_hold(dataset, tmp_path, monkeypatch) -> None:
+    """--tone-held: --spot-tone is taken on the brushed fill after the run-time tone hold (the
+    hold's own output is what the term is handed; without the flag the hold is not run), the
+    other terms are unchanged, and the stage says so."""
+    import engine.training.train as tr
+
+    held_out, judged = [], []
+    real_hold, real_spot = tr.hold_tone, tr.losses.spot_tone
+
+    def hold_spy(x, synth, mask, pred, sigma, keep=None):
+        held_out.append(real_hold(x, synth, mask, pred, sigma, keep))
+        assert sigma == pytest.approx(tr.TONE_MM * ModelConfig.preset("tiny").work_px_per_mm)  # the program's hold
+        return held_out[-1]
+
+    def spot_spy(out, *rest, **kw):
+        judged.append(out)
+        return real_spot(out, *rest, **kw)
+
+    monkeypatch.setattr(tr, "hold_tone", hold_spy)
+    monkeypatch.setattr(tr.losses, "spot_tone", spot_spy)
+    train(_args(dataset, tmp_path / "raw", 1, "--spot-tone", "10"))
+    assert not held_out and judged
+    judged.clear()
+    train(_args(dataset, tmp_path / "held", 1, "--spot-tone", "10", "--tone-held"))
+    assert len(held_out) == 1 and any(o is held_out[0] for o in judged)
+    raw = json.loads((tmp_path / "raw" / "log.jsonl").read_text().splitlines()[-1])
+    held = json.loads((tmp_path / "held" / "log.jsonl").read_text().splitlines()[-1])
+    assert held["x2y"] == pytest.approx(raw["x2y"]) and np.isfinite(held["spot_tone"])
+    stage = torch.load(tmp_path / "held" / "last.pt", map_location="cpu", weights_only=False)["history"][-1]["stage"]
+    assert "--spot-tone 10 --tone-held" in stage
+    assert "--tone-held" not in torch.load(tmp_path / "raw" / "last.pt", map_location="cpu", weights_only=False)["history"][-1]["stage"]
+
+
 def test_own_tone_trains_the_fill_on_the_raw_photos(dataset, tmp_path) -> None:
     """--own-tone holds the fill under H̄'s own mask on the raw-only photos: a stage that trains no
     fill, or one without those photos, is refused rather than run without the term."""

@@ -40,6 +40,12 @@ Deviations, each for a stated reason:
   through the fill, the clean skin inside a dense cluster is a few rims between the spots: on the
   twelve check photos under 2 % of the weight at the median spot pixel, so the default leaves the
   clusters, where the darker fills are, out of both terms (model card, twenty-second session).
+- --tone-held: --spot-tone judges the brushed spots as the program shows them, after its tone hold
+  (engine.model.fill.hold_tone, which puts back the tone of the clean skin under a brush above
+  4 mm). Without it the term also pays for the fill's tone above 4 mm under broad brushes (the
+  anchor's push-pull, 3 L* darker than the skin between the spots on the twelve check photos),
+  which the colour lock keeps G from changing and the hold puts right at run time (model card,
+  twenty-third session).
 - --mask-fill (mask-only stages): the mask terms above pull H toward φ, but the mask is the fill's
   blend weight, and the weight that heals best is not φ (through the pipeline the exact φ loses to a
   stronger mask on flat brown spots; model card, twentieth session). The term hands H's own
@@ -94,7 +100,7 @@ from engine.training.pack import Pack
 from engine.training.state import load_state, save_state
 from engine.errors import WeightsError
 from engine.model import ModelConfig, PixelDiscriminator, RetouchFormer, load_safetensors, save_model, transfer_weights
-from engine.model.fill import gaussian_blur
+from engine.model.fill import TONE_MM, gaussian_blur, hold_tone
 from engine.model.layers import mask_to
 
 
@@ -128,6 +134,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--spot-tone", type=float, default=0.0, help="L1 weight of the filled spots' tone against the clean skin around them under a brushed mask on the raw-only photos (local means over 1 and 2 mm: no dark smudge where a brushed spot was)")
     p.add_argument("--own-tone", type=float, default=0.0, help="L1 weight of the filled spots' tone against the clean skin around them under H̄'s own calibrated prediction on the raw-only photos, with no brush (local means over 1 and 2 mm, the skin's taken where a brush over the prediction would reach: no blotch where a spot the mask found was)")
     p.add_argument("--tone-reach", type=float, default=losses.TONE_REACH, help="--spot-tone and --own-tone count a spot only where the clean skin near it carries at least this share of the 2-mm Gaussian's weight (default %(default)s; inside a dense cluster under a hazy mask the skin is a few rims between the spots, far below that)")
+    p.add_argument("--tone-held", action="store_true", help="--spot-tone judges the brushed spots after the program's tone hold (engine.model.fill.hold_tone), as a photographer sees them: the hold puts back the tone of the clean skin under the brush above 4 mm, which the colour lock keeps G from changing, so only the spots' tone against that skin is left to pay for")
     p.add_argument("--mask-fill", type=float, default=0.0, help="with --only mask: L1 weight of the fill's composite under H's own calibrated prediction (T and G as they are) against the clean face, near the blemishes and over the whole crop: the mask learns where the fill helps, pixel by pixel (the evaluation's PSNR through the pipeline, made a loss)")
     p.add_argument("--adv", type=float, default=0.05, help="weight of the adversarial term for the generator")
     p.add_argument("--adv-start", type=int, default=1000, help="step at which the adversarial terms start")
@@ -249,6 +256,8 @@ class GeneratorStep(nn.Module):
                 if a.hold_tone:  # must not leave a pale patch on the clean skin it covers
                     out["hold_tone"] = a.hold_tone * losses.tone_shift(yu_b, xu, clean, TONE_SIGMA_MM * px)
                 if a.spot_tone:  # and the spots under it take the tone of that skin (no dark smudge where they were)
+                    if a.tone_held:  # as the program shows them: after its tone hold under the brush
+                        yu_b = hold_tone(xu, yu_b, brush, m.tophat(teacher, m.config.hold_tophat_mm), TONE_MM * px)
                     out["spot_tone"] = a.spot_tone * losses.spot_tone(yu_b, xu, spots, clean, SPOT_SIGMA_MM * px, TONE_SIGMA_MM * px, reach=a.tone_reach)
         return out
 
@@ -553,7 +562,7 @@ def train(args: argparse.Namespace) -> Path:
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     segment = {"date": time.strftime("%Y-%m-%d"), "from_step": step, "to_step": step, "hours": 0.0, "device": where, "crop": args.crop, "batch": args.batch}
     if step == 0:  # a new stage (or run): say what it trains
-        segment["stage"] = f"--only {args.only} --conf {args.conf} --iou {args.iou}" + (f" --iou-form {args.iou_form}" if args.iou_form != "product" else "") + _fill_mask_flags(args, cfg) + (f" --spot-tone {args.spot_tone:g}" if args.spot_tone else "") + (f" --own-tone {args.own_tone:g}" if args.own_tone else "") + (f" --tone-reach {args.tone_reach:g}" if (args.spot_tone or args.own_tone) and args.tone_reach != losses.TONE_REACH else "") + (f" --mask-fill {args.mask_fill:g}" if args.mask_fill else "") + f" --lr {args.lr}" + (f", from {Path(args.init).name}" if args.init is not None else "")
+        segment["stage"] = f"--only {args.only} --conf {args.conf} --iou {args.iou}" + (f" --iou-form {args.iou_form}" if args.iou_form != "product" else "") + _fill_mask_flags(args, cfg) + (f" --spot-tone {args.spot_tone:g}" if args.spot_tone else "") + (f" --own-tone {args.own_tone:g}" if args.own_tone else "") + (f" --tone-reach {args.tone_reach:g}" if (args.spot_tone or args.own_tone) and args.tone_reach != losses.TONE_REACH else "") + (" --tone-held" if args.spot_tone and args.tone_held else "") + (f" --mask-fill {args.mask_fill:g}" if args.mask_fill else "") + f" --lr {args.lr}" + (f", from {Path(args.init).name}" if args.init is not None else "")
     history.append(segment)
     n_unpaired = 0 if args.no_unpaired else args.unpaired_batch
     if args.workers > 0:  # batches made in worker processes, each with its own generator
