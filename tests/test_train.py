@@ -277,6 +277,8 @@ def test_tone_held_judges_the_brushed_spots_after_the_programs_tone_hold(dataset
 
     monkeypatch.setattr(tr, "hold_tone", hold_spy)
     monkeypatch.setattr(tr.losses, "spot_tone", spot_spy)
+    with pytest.raises(SystemExit, match="give --spot-tone too"):  # alone it would do nothing
+        train(_args(dataset, tmp_path / "alone", 1, "--tone-held"))
     train(_args(dataset, tmp_path / "raw", 1, "--spot-tone", "10"))
     assert not held_out and judged
     judged.clear()

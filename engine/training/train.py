@@ -459,6 +459,8 @@ def train(args: argparse.Namespace) -> Path:
         raise SystemExit("--mask-fill trains the mask net through the fill: it is a term of a mask-only stage (--only mask).")
     if args.own_tone and (args.only == "mask" or args.no_unpaired):
         raise SystemExit("--own-tone trains the fill on the raw-only photos: it needs them (no --no-unpaired) and a stage that trains the fill (not --only mask).")
+    if args.tone_held and not args.spot_tone:
+        raise SystemExit("--tone-held judges the brushed spots of --spot-tone after the tone hold: give --spot-tone too.")
     if args.fit_to_time and not args.max_minutes:
         raise SystemExit("--fit-to-time fits the schedule to --max-minutes: give both.")
     dev = _device(args.device)
