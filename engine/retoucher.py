@@ -353,7 +353,7 @@ class Retoucher:
         if self.model.config.hold_tophat_mm <= 0:
             return None
         with torch.inference_mode():
-            return self.model.tophat(self._tensor(mask_n), self.model.config.hold_tophat_mm)[0, 0].float().cpu().numpy()
+            return self.model.tone_reading(self._tensor(mask_n))[0, 0].float().cpu().numpy()
 
     def _analyze_extra(self, a: "Analysis", region: rg.Region) -> _RegionState:
         """A region for strokes outside every planned one: edits there are laid over the

@@ -101,6 +101,12 @@ class RetouchFormer(nn.Module):
             mask = F.max_pool2d(mask, 2 * r + 1, 1, r)
         return mask
 
+    def tone_reading(self, mask: torch.Tensor) -> torch.Tensor:
+        """H̄'s calibrated prediction (B, 1, H, W) as the tone hold under a brush reads it
+        (engine.model.fill.hold_tone's ``pred``): without its haze, ``config.hold_tophat_mm`` wide
+        (0: as it is)."""
+        return self.tophat(mask, self.config.hold_tophat_mm)
+
     def tophat(self, mask: torch.Tensor, mm: float) -> torch.Tensor:
         """``mask`` (B, 1, H, W) with the broad haze under its peaks taken away: a white top-hat,
         what stands out of a morphological opening ``mm`` millimetres wide (0: as it is),

@@ -257,7 +257,7 @@ class GeneratorStep(nn.Module):
                     out["hold_tone"] = a.hold_tone * losses.tone_shift(yu_b, xu, clean, TONE_SIGMA_MM * px)
                 if a.spot_tone:  # and the spots under it take the tone of that skin (no dark smudge where they were)
                     if a.tone_held:  # as the program shows them: after its tone hold under the brush
-                        yu_b = hold_tone(xu, yu_b, brush, m.tophat(teacher, m.config.hold_tophat_mm), TONE_MM * px)
+                        yu_b = hold_tone(xu, yu_b, brush, m.tone_reading(teacher), TONE_MM * px)
                     out["spot_tone"] = a.spot_tone * losses.spot_tone(yu_b, xu, spots, clean, SPOT_SIGMA_MM * px, TONE_SIGMA_MM * px, reach=a.tone_reach)
         return out
 
