@@ -84,7 +84,7 @@ class _RegionState:
     pred_delta_n: np.ndarray | None = None  # raw synthesis - input for the predicted mask (lazy)
     pred_mask_n: np.ndarray | None = None  # mask of that synthesis (None: the mask net's own)
     hold_n: np.ndarray | None = None  # where the tone hold applies, n x n float32 (0 below the eyes; None: everywhere)
-    tone_n: np.ndarray | None = None  # the prediction as the tone hold reads it (ModelConfig.hold_tophat_mm; None: mask_n)
+    tone_n: np.ndarray | None = None  # the prediction as the tone hold reads it (RetouchFormer.tone_reading; None: mask_n)
     memo: OrderedDict = field(default_factory=OrderedDict)  # edit crop -> (mask crop, synthesis - input)
 
     @property
@@ -348,9 +348,10 @@ class Retoucher:
         return _RegionState(region, enc, x_n, mask_n, gain_n, hold_n=hold_n, tone_n=self._tone_reading(mask_n))
 
     def _tone_reading(self, mask_n: np.ndarray) -> np.ndarray | None:
-        """``mask_n`` as the tone hold reads it: without its haze when the weights say so
-        (ModelConfig.hold_tophat_mm), else None (the hold reads ``mask_n`` itself)."""
-        if self.model.config.hold_tophat_mm <= 0:
+        """``mask_n`` as the tone hold reads it when the weights say so (ModelConfig.hold_tophat_mm,
+        hold_floor, hold_gain, hold_dilate_mm: RetouchFormer.tone_reading), else None (the hold reads ``mask_n``
+        itself)."""
+        if self.model.reads_tone_as_is():
             return None
         with torch.inference_mode():
             return self.model.tone_reading(self._tensor(mask_n))[0, 0].float().cpu().numpy()

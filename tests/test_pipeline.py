@@ -729,3 +729,46 @@ def test_the_tone_hold_reads_the_prediction_without_its_haze_when_the_weights_sa
         np.testing.assert_allclose(s.tone_n, want, atol=1e-6)
     with pytest.raises(ValueError, match="hold_tophat_mm"):
         dataclasses.replace(r.model.config, hold_tophat_mm=-1.0)
+
+
+def test_the_tone_hold_reads_the_prediction_strengthened_and_grown_when_the_weights_say_so(tiny_weights, make_portrait):
+    """ModelConfig.hold_floor, hold_gain and hold_dilate_mm: after the top-hat the hold's reading
+    drops the haze below the floor, is multiplied (clipped at 1) and grown by a grey dilation, so a
+    spot's faint halo counts as blemish and the skin between spots as clean skin, whose tone the
+    hold keeps; the mask the fill is handed stays as it was."""
+    import dataclasses
+
+    import torch
+    import torch.nn.functional as F
+
+    from engine.retoucher import Retoucher
+
+    img, _ = make_portrait(512, 384, seed=1)
+    plain = Retoucher.load(tiny_weights, device="cpu")
+    base = plain.analyze(img)
+    r = Retoucher.load(tiny_weights, device="cpu")
+    r.model.config = dataclasses.replace(r.model.config, hold_tophat_mm=6.0, hold_floor=0.1, hold_gain=2.0, hold_dilate_mm=1.25)
+    a = r.analyze(img)
+    assert a.states and len(a.states) == len(base.states)
+    px = r.model.config.work_px_per_mm
+    rad = int(round(1.25 * px))
+    assert rad >= 1
+    for s, b in zip(a.states, base.states):
+        np.testing.assert_array_equal(s.mask_n, b.mask_n)  # the fill's mask is untouched
+        with torch.inference_mode():
+            t = r.model.tophat(torch.from_numpy(s.mask_n)[None, None], 6.0)
+            floored = ((t - 0.1) / 0.9).clamp(0.0, 1.0)
+            want = F.max_pool2d((floored * 2.0).clamp(0.0, 1.0), 2 * rad + 1, 1, rad)[0, 0].numpy()
+        np.testing.assert_allclose(s.tone_n, want, atol=1e-6)
+        th = t[0, 0].numpy()
+        assert (s.tone_n[th < 0.1] == 0.0).mean() > 0.5  # the haze below the floor reads as clean skin
+        assert (s.tone_n > th + 0.01).any()  # and the spots above it read stronger (doubled, grown)
+        assert s.tone_n.max() <= 1.0
+    for bad in (dict(hold_floor=1.0), dict(hold_gain=0.5), dict(hold_dilate_mm=-1.0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            dataclasses.replace(r.model.config, **bad)
+    # a gain or dilation alone (no top-hat) is a reading of its own too
+    g = Retoucher.load(tiny_weights, device="cpu")
+    g.model.config = dataclasses.replace(g.model.config, hold_gain=3.0)
+    for s in g.analyze(img).states:
+        np.testing.assert_allclose(s.tone_n, np.clip(3.0 * s.mask_n, 0.0, 1.0), atol=1e-6)

@@ -263,10 +263,11 @@ def test_tone_held_judges_the_brushed_spots_after_the_programs_tone_hold(dataset
     other terms are unchanged, and the stage says so."""
     import engine.training.train as tr
 
-    held_out, judged = [], []
+    held_out, judged, preds = [], [], []
     real_hold, real_spot = tr.hold_tone, tr.losses.spot_tone
 
     def hold_spy(x, synth, mask, pred, sigma, keep=None):
+        preds.append(pred)
         held_out.append(real_hold(x, synth, mask, pred, sigma, keep))
         assert sigma == pytest.approx(tr.TONE_MM * ModelConfig.preset("tiny").work_px_per_mm)  # the program's hold
         return held_out[-1]
@@ -290,6 +291,25 @@ def test_tone_held_judges_the_brushed_spots_after_the_programs_tone_hold(dataset
     stage = torch.load(tmp_path / "held" / "last.pt", map_location="cpu", weights_only=False)["history"][-1]["stage"]
     assert "--spot-tone 10 --tone-held" in stage
     assert "--tone-held" not in torch.load(tmp_path / "raw" / "last.pt", map_location="cpu", weights_only=False)["history"][-1]["stage"]
+    # a reading of its own (ModelConfig.hold_floor, hold_gain, hold_dilate_mm): the hold is handed
+    # the model's tone_reading of its prediction, and the stage names the reading
+    import engine.model.retouchformer as rf
+
+    readings = []
+    real_reading = rf.RetouchFormer.tone_reading
+
+    def reading_spy(self, mask):
+        readings.append((self.config.hold_floor, self.config.hold_gain, self.config.hold_dilate_mm))
+        out = real_reading(self, mask)
+        readings.append(out)
+        return out
+
+    monkeypatch.setattr(rf.RetouchFormer, "tone_reading", reading_spy)
+    held_out.clear()
+    train(_args(dataset, tmp_path / "read", 1, "--spot-tone", "10", "--tone-held", "--set", "hold_floor=0.2", "--set", "hold_gain=3", "--set", "hold_dilate_mm=1.25"))
+    assert readings[0] == (0.2, 3.0, 1.25) and len(held_out) == 1 and preds[-1] is readings[1]
+    stage = torch.load(tmp_path / "read" / "last.pt", map_location="cpu", weights_only=False)["history"][-1]["stage"]
+    assert "--tone-held (hold reading: top-hat 0 mm, floor 0.2, gain 3, dilation 1.25 mm)" in stage
 
 
 def test_own_tone_trains_the_fill_on_the_raw_photos(dataset, tmp_path) -> None:

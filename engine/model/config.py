@@ -65,8 +65,17 @@ class ModelConfig:
     # calibrated without a top-hat lays a faint haze over a whole cluster of spots, which that
     # reading would take for blemish, and the hold let go of the clean skin under the brush (paler
     # or darker patches). With ``hold_tophat_mm`` > 0 the hold reads the prediction with the haze
-    # under its peaks (an opening that many millimetres wide) taken away; 0: as it is.
+    # under its peaks (an opening that many millimetres wide) taken away; 0: as it is. Such a mask
+    # is also weaker than a footprint over a spot's dark halo, which the hold then counts as clean
+    # skin, and it holds the brushed spots and the skin between them a little darker:
+    # ``hold_floor`` drops what is left of the haze below it, ``hold_gain`` multiplies the rest
+    # (clipped at 1) and ``hold_dilate_mm`` grows each pixel's strength that far around it, as
+    # ``mask_floor``, ``mask_gain`` and ``mask_dilate_mm`` do for the fill (0, 1 and 0: as it is).
+    # They change the hold only, never the mask the fill is handed.
     hold_tophat_mm: float = 0.0
+    hold_floor: float = 0.0
+    hold_gain: float = 1.0
+    hold_dilate_mm: float = 0.0
     # With ``anchor``: G may change the anchor's texture and edges but not the local colour of the
     # fill: the part of its correction below this scale (a Gaussian this many millimetres wide) is
     # taken away, so a filled spot keeps the colour of the skin around it (no paler or yellower
@@ -77,7 +86,7 @@ class ModelConfig:
     TOKEN_STRIDE = 8  # the token grid is 1/8 of the image
     #: Fields that change what the model computes but none of its parameters: a training run
     #: resumes with them changed, and calibration sets them after training.
-    SETTINGS = ("mask_tophat_mm", "mask_floor", "mask_gain", "mask_dilate_mm", "hold_tophat_mm", "colour_lock_mm")
+    SETTINGS = ("mask_tophat_mm", "mask_floor", "mask_gain", "mask_dilate_mm", "hold_tophat_mm", "hold_floor", "hold_gain", "hold_dilate_mm", "colour_lock_mm")
 
     def structure(self) -> dict[str, Any]:
         """The configuration without :data:`SETTINGS`: what the parameters depend on."""
@@ -106,6 +115,12 @@ class ModelConfig:
             raise ValueError("mask_dilate_mm must not be negative")
         if not self.hold_tophat_mm >= 0.0:
             raise ValueError("hold_tophat_mm must not be negative")
+        if not 0.0 <= self.hold_floor < 1.0:
+            raise ValueError("hold_floor must be in [0, 1)")
+        if not self.hold_gain >= 1.0:
+            raise ValueError("hold_gain must be at least 1")
+        if not self.hold_dilate_mm >= 0.0:
+            raise ValueError("hold_dilate_mm must not be negative")
         if not self.colour_lock_mm >= 0.0:
             raise ValueError("colour_lock_mm must not be negative")
 

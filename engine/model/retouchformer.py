@@ -103,9 +103,17 @@ class RetouchFormer(nn.Module):
 
     def tone_reading(self, mask: torch.Tensor) -> torch.Tensor:
         """H̄'s calibrated prediction (B, 1, H, W) as the tone hold under a brush reads it
-        (engine.model.fill.hold_tone's ``pred``): without its haze, ``config.hold_tophat_mm`` wide
-        (0: as it is)."""
-        return self.tophat(mask, self.config.hold_tophat_mm)
+        (engine.model.fill.hold_tone's ``pred``): without its haze, ``config.hold_tophat_mm`` wide,
+        then floored at ``config.hold_floor``, strengthened by ``config.hold_gain`` and grown by
+        ``config.hold_dilate_mm``, in the calibration's order (0, 0, 1 and 0: as it is)."""
+        c = self.config
+        return self.calibrate(mask, floor=c.hold_floor, tophat_mm=c.hold_tophat_mm, gain=c.hold_gain, dilate_mm=c.hold_dilate_mm)
+
+    def reads_tone_as_is(self) -> bool:
+        """Whether :meth:`tone_reading` returns the prediction unchanged (every checkpoint before
+        the hold's own reading existed)."""
+        c = self.config
+        return c.hold_tophat_mm <= 0 and c.hold_floor <= 0 and c.hold_gain == 1.0 and int(round(c.hold_dilate_mm * c.work_px_per_mm)) <= 0
 
     def tophat(self, mask: torch.Tensor, mm: float) -> torch.Tensor:
         """``mask`` (B, 1, H, W) with the broad haze under its peaks taken away: a white top-hat,

@@ -45,7 +45,9 @@ Deviations, each for a stated reason:
   4 mm). Without it the term also pays for the fill's tone above 4 mm under broad brushes (the
   anchor's push-pull, 3 L* darker than the skin between the spots on the twelve check photos),
   which the colour lock keeps G from changing and the hold puts right at run time (model card,
-  twenty-third session).
+  twenty-third session). The hold reads H̄'s prediction as the weights say
+  (RetouchFormer.tone_reading: hold_tophat_mm, hold_floor, hold_gain, hold_dilate_mm, set with
+  --set), the same reading as at run time; a reading beyond the top-hat is named in the stage.
 - --mask-fill (mask-only stages): the mask terms above pull H toward φ, but the mask is the fill's
   blend weight, and the weight that heals best is not φ (through the pipeline the exact φ loses to a
   stronger mask on flat brown spots; model card, twentieth session). The term hands H's own
@@ -380,6 +382,14 @@ def _fill_mask_flags(args: argparse.Namespace, cfg: ModelConfig) -> str:
     return f" --fill-mask {args.fill_mask} (top-hat {cfg.mask_tophat_mm:g} mm, floor {cfg.mask_floor:g}, gain {cfg.mask_gain:g}{dilation})"
 
 
+def _hold_reading(cfg: ModelConfig) -> str:
+    """The tone hold's reading that --tone-held trains under, when it is more than a top-hat (stages
+    begun before ``hold_floor``, ``hold_gain`` and ``hold_dilate_mm`` existed read as before)."""
+    if (cfg.hold_floor, cfg.hold_gain, cfg.hold_dilate_mm) == (0.0, 1.0, 0.0):
+        return ""
+    return f" (hold reading: top-hat {cfg.hold_tophat_mm:g} mm, floor {cfg.hold_floor:g}, gain {cfg.hold_gain:g}, dilation {cfg.hold_dilate_mm:g} mm)"
+
+
 def _stage_over(state: dict[str, Any], only: str) -> bool:
     """Whether a committed state is a stage that a run with ``--only only`` cannot go on with:
     its schedule has ended, or it trains other parameters (e.g. a mask-only stage). With
@@ -564,7 +574,7 @@ def train(args: argparse.Namespace) -> Path:
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     segment = {"date": time.strftime("%Y-%m-%d"), "from_step": step, "to_step": step, "hours": 0.0, "device": where, "crop": args.crop, "batch": args.batch}
     if step == 0:  # a new stage (or run): say what it trains
-        segment["stage"] = f"--only {args.only} --conf {args.conf} --iou {args.iou}" + (f" --iou-form {args.iou_form}" if args.iou_form != "product" else "") + _fill_mask_flags(args, cfg) + (f" --spot-tone {args.spot_tone:g}" if args.spot_tone else "") + (f" --own-tone {args.own_tone:g}" if args.own_tone else "") + (f" --tone-reach {args.tone_reach:g}" if (args.spot_tone or args.own_tone) and args.tone_reach != losses.TONE_REACH else "") + (" --tone-held" if args.spot_tone and args.tone_held else "") + (f" --mask-fill {args.mask_fill:g}" if args.mask_fill else "") + f" --lr {args.lr}" + (f", from {Path(args.init).name}" if args.init is not None else "")
+        segment["stage"] = f"--only {args.only} --conf {args.conf} --iou {args.iou}" + (f" --iou-form {args.iou_form}" if args.iou_form != "product" else "") + _fill_mask_flags(args, cfg) + (f" --spot-tone {args.spot_tone:g}" if args.spot_tone else "") + (f" --own-tone {args.own_tone:g}" if args.own_tone else "") + (f" --tone-reach {args.tone_reach:g}" if (args.spot_tone or args.own_tone) and args.tone_reach != losses.TONE_REACH else "") + (" --tone-held" + _hold_reading(cfg) if args.spot_tone and args.tone_held else "") + (f" --mask-fill {args.mask_fill:g}" if args.mask_fill else "") + f" --lr {args.lr}" + (f", from {Path(args.init).name}" if args.init is not None else "")
     history.append(segment)
     n_unpaired = 0 if args.no_unpaired else args.unpaired_batch
     if args.workers > 0:  # batches made in worker processes, each with its own generator
