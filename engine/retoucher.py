@@ -349,8 +349,8 @@ class Retoucher:
 
     def _tone_reading(self, mask_n: np.ndarray) -> np.ndarray | None:
         """``mask_n`` as the tone hold reads it when the weights say so (ModelConfig.hold_tophat_mm,
-        hold_floor, hold_gain, hold_dilate_mm: RetouchFormer.tone_reading), else None (the hold reads ``mask_n``
-        itself)."""
+        hold_floor, hold_gain, hold_dilate_mm: RetouchFormer.tone_reading), else None (the hold
+        reads ``mask_n`` itself)."""
         if self.model.reads_tone_as_is():
             return None
         with torch.inference_mode():

@@ -295,19 +295,18 @@ def test_tone_held_judges_the_brushed_spots_after_the_programs_tone_hold(dataset
     # the model's tone_reading of its prediction, and the stage names the reading
     import engine.model.retouchformer as rf
 
-    readings = []
+    settings, readings = [], []
     real_reading = rf.RetouchFormer.tone_reading
 
     def reading_spy(self, mask):
-        readings.append((self.config.hold_floor, self.config.hold_gain, self.config.hold_dilate_mm))
-        out = real_reading(self, mask)
-        readings.append(out)
-        return out
+        settings.append((self.config.hold_floor, self.config.hold_gain, self.config.hold_dilate_mm))
+        readings.append(real_reading(self, mask))
+        return readings[-1]
 
     monkeypatch.setattr(rf.RetouchFormer, "tone_reading", reading_spy)
     held_out.clear()
     train(_args(dataset, tmp_path / "read", 1, "--spot-tone", "10", "--tone-held", "--set", "hold_floor=0.2", "--set", "hold_gain=3", "--set", "hold_dilate_mm=1.25"))
-    assert readings[0] == (0.2, 3.0, 1.25) and len(held_out) == 1 and preds[-1] is readings[1]
+    assert settings[0] == (0.2, 3.0, 1.25) and len(held_out) == 1 and preds[-1] is readings[0]
     stage = torch.load(tmp_path / "read" / "last.pt", map_location="cpu", weights_only=False)["history"][-1]["stage"]
     assert "--tone-held (hold reading: top-hat 0 mm, floor 0.2, gain 3, dilation 1.25 mm)" in stage
 
