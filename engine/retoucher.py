@@ -84,7 +84,7 @@ class _RegionState:
     pred_delta_n: np.ndarray | None = None  # raw synthesis - input for the predicted mask (lazy)
     pred_mask_n: np.ndarray | None = None  # mask of that synthesis (None: the mask net's own)
     hold_n: np.ndarray | None = None  # where the tone hold applies, n x n float32 (0 below the eyes; None: everywhere)
-    tone_n: np.ndarray | None = None  # the prediction as the tone hold reads it (RetouchFormer.tone_reading; None: mask_n)
+    tone_n: np.ndarray | None = None  # what the tone hold reads (RetouchFormer.tone_reading or the hold net's; None: mask_n)
     memo: OrderedDict = field(default_factory=OrderedDict)  # edit crop -> (mask crop, synthesis - input)
 
     @property
@@ -283,6 +283,7 @@ class Retoucher:
             enc.frames[..., y0 // t : y1 // t, x0 // t : x1 // t],
             enc.recon[..., y0:y1, x0:x1],
             enc.mask[..., y0:y1, x0:x1],
+            None if enc.hold is None else enc.hold[..., y0:y1, x0:x1],
         )
 
     def _cluster_synth(self, state: _RegionState, crop: Box, m_crop: np.ndarray) -> np.ndarray:
@@ -335,17 +336,26 @@ class Retoucher:
         x_n = pl.to_work(crop, region.n)
         with torch.inference_mode():
             enc = self.model.encode(self._tensor(x_n))
-        mask_n = enc.mask[0, 0].float().cpu().numpy()
+        allowed = None  # where the mask may be, 0..1 (None: everywhere)
         if region.kind != "face":  # away from faces, keep the mask on skin-coloured pixels
             near = cv2.dilate(skin_colour(x_n).astype(np.uint8), np.ones((5, 5), np.uint8))
-            mask_n = mask_n * cv2.GaussianBlur(near.astype(np.float32), (5, 5), 1.0)
+            allowed = cv2.GaussianBlur(near.astype(np.float32), (5, 5), 1.0)
         keep_off = protection(faces, region.crop, region.n)
         if keep_off is not None:
-            mask_n = mask_n * (1.0 - keep_off)
+            allowed = 1.0 - keep_off if allowed is None else allowed * (1.0 - keep_off)
+        mask_n = enc.mask[0, 0].float().cpu().numpy()
+        if allowed is not None:
+            mask_n = mask_n * allowed
         gain_n = pl.detail_gain(crop, x_n, mask_n)
         below_eyes = under_eyes(faces, region.crop, region.n)
         hold_n = None if below_eyes is None else 1.0 - below_eyes
-        return _RegionState(region, enc, x_n, mask_n, gain_n, hold_n=hold_n, tone_n=self._tone_reading(mask_n))
+        if enc.hold is None:
+            tone_n = self._tone_reading(mask_n)
+        else:  # the weights' own hold net read the photo (ModelConfig.hold_net), kept where the mask may be
+            tone_n = enc.hold[0, 0].float().cpu().numpy()
+            if allowed is not None:
+                tone_n = tone_n * allowed
+        return _RegionState(region, enc, x_n, mask_n, gain_n, hold_n=hold_n, tone_n=tone_n)
 
     def _tone_reading(self, mask_n: np.ndarray) -> np.ndarray | None:
         """``mask_n`` as the tone hold reads it when the weights say so (ModelConfig.hold_tophat_mm,
@@ -363,7 +373,8 @@ class Retoucher:
         x0, y0, x1, y1 = region.box
         state.mask_n = pl.mask_to_work(a.mask[y0:y1, x0:x1], region)
         state.pred_mask_n = state.mask_n
-        state.tone_n = self._tone_reading(state.mask_n)  # the hold reads the mask the edits are laid over
+        if state.enc.hold is None:  # the hold reads the mask the edits are laid over (a hold net reads the photo)
+            state.tone_n = self._tone_reading(state.mask_n)
         return state
 
     @staticmethod

@@ -311,6 +311,41 @@ def test_tone_held_judges_the_brushed_spots_after_the_programs_tone_hold(dataset
     assert "--tone-held (hold reading: top-hat 0 mm, floor 0.2, gain 3, dilation 1.25 mm)" in stage
 
 
+def test_a_hold_net_is_grafted_never_trained_and_tone_held_reads_it(dataset, tmp_path, tiny_weights, monkeypatch) -> None:
+    """ModelConfig.hold_net: a run with one starts from weights that have it (python -m
+    engine.training.graft), never from a fresh one; --tone-held's hold reads it, as the program's
+    does, the stage names it, and its weights leave the stage as they came."""
+    import engine.training.train as tr
+    from engine.training.graft import main as graft_main
+
+    with pytest.raises(SystemExit, match="grafted from other weights"):
+        train(_args(dataset, tmp_path / "fresh", 1, "--set", "hold_net=true"))
+    with pytest.raises(SystemExit, match="has no hold net"):
+        train(_args(dataset, tmp_path / "plain", 1, "--init", tiny_weights, "--set", "hold_net=true"))
+    grafted = tmp_path / "grafted.safetensors"
+    assert graft_main([tiny_weights, "--hold-from", tiny_weights, "--out", str(grafted)]) == 0
+    before = load_model(grafted).hold_masknet.state_dict()
+    preds, nets = [], []
+    real_hold, real_net = tr.hold_tone, RetouchFormer.hold_prediction
+
+    def hold_spy(x, synth, mask, pred, sigma, keep=None):
+        preds.append(pred)
+        return real_hold(x, synth, mask, pred, sigma, keep)
+
+    def net_spy(self, x, recon):
+        nets.append(real_net(self, x, recon))
+        return nets[-1]
+
+    monkeypatch.setattr(tr, "hold_tone", hold_spy)
+    monkeypatch.setattr(RetouchFormer, "hold_prediction", net_spy)
+    out = train(_args(dataset, tmp_path / "held", 2, "--init", str(grafted), "--set", "hold_net=true", "--spot-tone", "10", "--tone-held"))
+    assert len(preds) == 2 and all(any(p is n for n in nets) for p in preds)
+    after = load_model(out).hold_masknet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    stage = torch.load(tmp_path / "held" / "last.pt", map_location="cpu", weights_only=False)["history"][-1]["stage"]
+    assert "--tone-held (hold reading: the hold net, top-hat 0 mm" in stage
+
+
 def test_own_tone_trains_the_fill_on_the_raw_photos(dataset, tmp_path) -> None:
     """--own-tone holds the fill under H̄'s own mask on the raw-only photos: a stage that trains no
     fill, or one without those photos, is refused rather than run without the term."""

@@ -76,6 +76,14 @@ class ModelConfig:
     hold_floor: float = 0.0
     hold_gain: float = 1.0
     hold_dilate_mm: float = 0.0
+    # With ``hold_net`` the hold reads a mask net of its own (RetouchFormer.hold_masknet, frozen,
+    # run on the same [x, x̃] as H̄) instead of H̄'s prediction, through the hold_* settings above.
+    # The fill wants a blend weight, which is faint over a spot's dark halo; the hold wants to know
+    # where the skin is clean, which a footprint net (trained with the product-form Jaccard term
+    # and the full confidence term, as the stage-7 mask net was) marks out to the halo. A footprint
+    # net read by the hold kept the brushed spots of later fills as light as the shipped weights
+    # keep theirs (model card, twenty-fifth session; ``python -m engine.training.graft``).
+    hold_net: bool = False
     # With ``anchor``: G may change the anchor's texture and edges but not the local colour of the
     # fill: the part of its correction below this scale (a Gaussian this many millimetres wide) is
     # taken away, so a filled spot keeps the colour of the skin around it (no paler or yellower

@@ -12,7 +12,7 @@ from engine.model.config import ModelConfig
 from engine.model.decoders import ReconstructionDecoder, SynthesisDecoder
 from engine.model.encoder import Encoder, TokenProjection
 from engine.model.layers import mask_to
-from engine.model.masknet import TwoStreamMask
+from engine.model.masknet import MaskUNet, TwoStreamMask
 from engine.model.quantizer import VectorQuantizer
 from engine.model.transformer import Transformer
 
@@ -38,6 +38,7 @@ class Encoded:
     frames: torch.Tensor
     recon: torch.Tensor
     mask: torch.Tensor  # H̄'s prediction
+    hold: torch.Tensor | None = None  # the hold net's reading (config.hold_net), else None: the hold reads ``mask``
 
 
 class RetouchFormer(nn.Module):
@@ -56,6 +57,8 @@ class RetouchFormer(nn.Module):
             self.quantizer = VectorQuantizer(cfg.codebook_size, cfg.code_dim, cfg.commitment)
             self.reconstruct = ReconstructionDecoder(cfg)
         self.masknet = TwoStreamMask(cfg)
+        if cfg.hold_net:  # the tone hold's own footprint net: grafted from other weights, never trained here
+            self.hold_masknet = MaskUNet(cfg).requires_grad_(False)
         self.transformer = Transformer(cfg)
         self.synthesis = SynthesisDecoder(cfg)
 
@@ -80,7 +83,8 @@ class RetouchFormer(nn.Module):
         feats = self.encoder(x)
         recon = self.prior(feats, x).recon
         mask = self.calibrate(torch.sigmoid(self.mask_logits(x, recon, ema=True)))
-        return Encoded(x, feats, self.tokens(feats), recon, mask)
+        hold = self.hold_prediction(x, recon) if self.config.hold_net else None
+        return Encoded(x, feats, self.tokens(feats), recon, mask, hold)
 
     def calibrate(self, mask: torch.Tensor, floor: float | None = None, tophat_mm: float | None = None, gain: float | None = None, dilate_mm: float | None = None) -> torch.Tensor:
         """H̄'s soft mask (B, 1, H, W) with the calibration applied (``config.mask_tophat_mm``,
@@ -109,11 +113,22 @@ class RetouchFormer(nn.Module):
         c = self.config
         return self.calibrate(mask, floor=c.hold_floor, tophat_mm=c.hold_tophat_mm, gain=c.hold_gain, dilate_mm=c.hold_dilate_mm)
 
+    def hold_prediction(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        """The hold net's prediction (config.hold_net) on [x, x̃] as the tone hold reads it
+        (:meth:`tone_reading`: the hold_* settings)."""
+        return self.tone_reading(torch.sigmoid(self.hold_masknet(x, recon)))
+
+    def hold_reading(self, x: torch.Tensor, recon: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """What the tone hold under a brush reads for ``x`` (reconstruction ``recon``, H̄'s
+        calibrated prediction ``mask``): the hold net's prediction when the weights have one, else
+        ``mask`` through :meth:`tone_reading`."""
+        return self.hold_prediction(x, recon) if self.config.hold_net else self.tone_reading(mask)
+
     def reads_tone_as_is(self) -> bool:
-        """Whether :meth:`tone_reading` returns the prediction unchanged (every checkpoint before
-        the hold's own reading existed)."""
+        """Whether the tone hold reads H̄'s prediction unchanged (every checkpoint before the
+        hold's own reading existed): no hold net and a :meth:`tone_reading` that changes nothing."""
         c = self.config
-        return c.hold_tophat_mm <= 0 and c.hold_floor <= 0 and c.hold_gain == 1.0 and int(round(c.hold_dilate_mm * c.work_px_per_mm)) <= 0
+        return not c.hold_net and c.hold_tophat_mm <= 0 and c.hold_floor <= 0 and c.hold_gain == 1.0 and int(round(c.hold_dilate_mm * c.work_px_per_mm)) <= 0
 
     def tophat(self, mask: torch.Tensor, mm: float) -> torch.Tensor:
         """``mask`` (B, 1, H, W) with the broad haze under its peaks taken away: a white top-hat,

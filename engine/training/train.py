@@ -46,8 +46,9 @@ Deviations, each for a stated reason:
   anchor's push-pull, 3 L* darker than the skin between the spots on the twelve check photos),
   which the colour lock keeps G from changing and the hold puts right at run time (model card,
   twenty-third session). The hold reads H̄'s prediction as the weights say
-  (RetouchFormer.tone_reading: hold_tophat_mm, hold_floor, hold_gain, hold_dilate_mm, set with
-  --set), the same reading as at run time; a reading beyond the top-hat is named in the stage.
+  (RetouchFormer.hold_reading: hold_tophat_mm, hold_floor, hold_gain, hold_dilate_mm, set with
+  --set; or the weights' own hold net, ModelConfig.hold_net), the same reading as at run time; a
+  reading beyond the top-hat is named in the stage.
 - --mask-fill (mask-only stages): the mask terms above pull H toward φ, but the mask is the fill's
   blend weight, and the weight that heals best is not φ (through the pipeline the exact φ loses to a
   stronger mask on flat brown spots; model card, twentieth session). The term hands H's own
@@ -172,6 +173,8 @@ FOOTPRINT = 0.02  # φ above this is a blemish (the fill term's region); --fill-
 TONE_SIGMA_MM = 2.0  # --hold-tone compares local means over about this radius of clean skin
 SPOT_SIGMA_MM = 1.0  # --spot-tone: a filled spot's local mean is taken over about this radius
 SPOT = 0.5  # --spot-tone: H̄'s (shown) mask above this, under the brush, is a spot
+HOLD_NET_GRAFTED = ("--set hold_net=true: the tone hold's own mask net is grafted from other weights (python -m engine.training.graft), "
+                    "never trained; start from weights that have one (--init, with their --set hold_tophat_mm/hold_floor/hold_gain/hold_dilate_mm).")
 NEAR_MM = 1.0  # --mask-fill: the blemishes and this far around them are where the fill is judged most
 
 
@@ -259,7 +262,7 @@ class GeneratorStep(nn.Module):
                     out["hold_tone"] = a.hold_tone * losses.tone_shift(yu_b, xu, clean, TONE_SIGMA_MM * px)
                 if a.spot_tone:  # and the spots under it take the tone of that skin (no dark smudge where they were)
                     if a.tone_held:  # as the program shows them: after its tone hold under the brush
-                        yu_b = hold_tone(xu, yu_b, brush, m.tone_reading(teacher), TONE_MM * px)
+                        yu_b = hold_tone(xu, yu_b, brush, m.hold_reading(xu, ru, teacher), TONE_MM * px)
                     out["spot_tone"] = a.spot_tone * losses.spot_tone(yu_b, xu, spots, clean, SPOT_SIGMA_MM * px, TONE_SIGMA_MM * px, reach=a.tone_reach)
         return out
 
@@ -385,9 +388,10 @@ def _fill_mask_flags(args: argparse.Namespace, cfg: ModelConfig) -> str:
 def _hold_reading(cfg: ModelConfig) -> str:
     """The tone hold's reading that --tone-held trains under, when it is more than a top-hat (stages
     begun before ``hold_floor``, ``hold_gain`` and ``hold_dilate_mm`` existed read as before)."""
-    if (cfg.hold_floor, cfg.hold_gain, cfg.hold_dilate_mm) == (0.0, 1.0, 0.0):
+    if (cfg.hold_floor, cfg.hold_gain, cfg.hold_dilate_mm, cfg.hold_net) == (0.0, 1.0, 0.0, False):
         return ""
-    return f" (hold reading: top-hat {cfg.hold_tophat_mm:g} mm, floor {cfg.hold_floor:g}, gain {cfg.hold_gain:g}, dilation {cfg.hold_dilate_mm:g} mm)"
+    net = "the hold net, " if cfg.hold_net else ""
+    return f" (hold reading: {net}top-hat {cfg.hold_tophat_mm:g} mm, floor {cfg.hold_floor:g}, gain {cfg.hold_gain:g}, dilation {cfg.hold_dilate_mm:g} mm)"
 
 
 def _stage_over(state: dict[str, Any], only: str) -> bool:
@@ -418,6 +422,8 @@ def _initialise(model: RetouchFormer, disc: PixelDiscriminator, path: Path, cfg:
             print("--init: the synthesis decoder's output layer starts at zero (anchor changed)", file=sys.stderr)
         if len(fresh) == len(model.state_dict()):
             raise SystemExit(f"--init: no tensor of {path.name} fits this model configuration.")
+        if cfg.hold_net and any(name.startswith("hold_masknet.") for name in fresh):
+            raise SystemExit(f"--init: {path.name} has no hold net. " + HOLD_NET_GRAFTED)
         if fresh:
             print(f"--init: {len(fresh)} tensors keep their fresh initialisation (e.g. {fresh[0]})", file=sys.stderr)
         return []
@@ -553,6 +559,8 @@ def train(args: argparse.Namespace) -> Path:
         history = _initialise(model, disc, Path(args.init), cfg, init_state)
         if rank == 0:
             print(f"initialised from {args.init}", file=sys.stderr)
+    elif cfg.hold_net:
+        raise SystemExit(HOLD_NET_GRAFTED)
     clean = args.clean if args.clean is not None else [DEFAULT_DATA / "faces", DEFAULT_DATA / "faces-hq"]
     raw = [] if args.no_unpaired else (args.raw if args.raw is not None else [DEFAULT_DATA / "acne-faces"])
     if args.pack is not None:
