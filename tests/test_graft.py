@@ -44,6 +44,7 @@ def test_graft_keeps_the_weights_and_adds_the_donors_mask_net_for_the_hold(tiny_
     assert not any(p.requires_grad for p in g.hold_masknet.parameters())  # grafted, never trained
     again = load_model(_grafted(tiny_weights, _grafted(tiny_weights, donor, tmp_path), tmp_path / "twice"))  # from grafted weights:
     assert again.config == c and all(torch.equal(t, own[k]) for k, t in again.state_dict().items())  # what their hold reads
+    assert "mask net (H̄) of donor" in g.checkpoint_info["hold_net"] and "hold net of grafted" in again.checkpoint_info["hold_net"]
     assert not g.reads_tone_as_is()
     x = torch.rand(1, 3, 64, 64)
     with torch.inference_mode():

@@ -35,14 +35,16 @@ def graft(weights: str | Path, donor: str | Path) -> RetouchFormer:
     g = giver.config
     if g.hold_net:  # what the donor's own hold reads
         net, reading = giver.hold_masknet, (g.hold_tophat_mm, g.hold_floor, g.hold_gain, g.hold_dilate_mm)
+        source = f"the hold net of {Path(donor).name}, read as it reads it"
     else:  # the donor's mask as it shows it
         net, reading = giver.masknet.ema, (g.mask_tophat_mm, g.mask_floor, g.mask_gain, g.mask_dilate_mm)
+        source = f"the mask net (H̄) of {Path(donor).name}, read through its calibration"
     cfg = dataclasses.replace(base.config, hold_net=True, **dict(zip(("hold_tophat_mm", "hold_floor", "hold_gain", "hold_dilate_mm"), reading)))
     model = RetouchFormer(cfg)
     missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("hold_masknet.") for k in missing), (missing, unexpected)
     model.hold_masknet.load_state_dict(net.state_dict())
-    model.checkpoint_info = {**getattr(base, "checkpoint_info", {}), "hold_net": f"the mask net (H̄) of {Path(donor).name}, read through its calibration"}
+    model.checkpoint_info = {**getattr(base, "checkpoint_info", {}), "hold_net": source}
     return model.eval()
 
 

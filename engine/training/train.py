@@ -173,9 +173,10 @@ FOOTPRINT = 0.02  # φ above this is a blemish (the fill term's region); --fill-
 TONE_SIGMA_MM = 2.0  # --hold-tone compares local means over about this radius of clean skin
 SPOT_SIGMA_MM = 1.0  # --spot-tone: a filled spot's local mean is taken over about this radius
 SPOT = 0.5  # --spot-tone: H̄'s (shown) mask above this, under the brush, is a spot
+NEAR_MM = 1.0  # --mask-fill: the blemishes and this far around them are where the fill is judged most
+# a run with a hold net (ModelConfig.hold_net) that does not start from weights that have one
 HOLD_NET_GRAFTED = ("--set hold_net=true: the tone hold's own mask net is grafted from other weights (python -m engine.training.graft), "
                     "never trained; start from weights that have one (--init, with their --set hold_tophat_mm/hold_floor/hold_gain/hold_dilate_mm).")
-NEAR_MM = 1.0  # --mask-fill: the blemishes and this far around them are where the fill is judged most
 
 
 def brushed(teacher: torch.Tensor, px_per_mm: float, threshold: float = 0.15) -> torch.Tensor:
