@@ -113,22 +113,16 @@ class ModelConfig:
             raise ValueError("image_size must be a multiple of 16")
         if not self.work_px_per_mm > 0:
             raise ValueError("work_px_per_mm must be positive")
-        if not self.mask_tophat_mm >= 0.0:
-            raise ValueError("mask_tophat_mm must not be negative")
-        if not 0.0 <= self.mask_floor < 1.0:
-            raise ValueError("mask_floor must be in [0, 1)")
-        if not self.mask_gain >= 1.0:
-            raise ValueError("mask_gain must be at least 1")
-        if not self.mask_dilate_mm >= 0.0:
-            raise ValueError("mask_dilate_mm must not be negative")
-        if not self.hold_tophat_mm >= 0.0:
-            raise ValueError("hold_tophat_mm must not be negative")
-        if not 0.0 <= self.hold_floor < 1.0:
-            raise ValueError("hold_floor must be in [0, 1)")
-        if not self.hold_gain >= 1.0:
-            raise ValueError("hold_gain must be at least 1")
-        if not self.hold_dilate_mm >= 0.0:
-            raise ValueError("hold_dilate_mm must not be negative")
+        for part in ("mask", "hold"):  # the fill's calibration and the tone hold's reading: the same four settings
+            tophat, floor, gain, dilate = (getattr(self, f"{part}_{k}") for k in ("tophat_mm", "floor", "gain", "dilate_mm"))
+            if not tophat >= 0.0:
+                raise ValueError(f"{part}_tophat_mm must not be negative")
+            if not 0.0 <= floor < 1.0:
+                raise ValueError(f"{part}_floor must be in [0, 1)")
+            if not gain >= 1.0:
+                raise ValueError(f"{part}_gain must be at least 1")
+            if not dilate >= 0.0:
+                raise ValueError(f"{part}_dilate_mm must not be negative")
         if not self.colour_lock_mm >= 0.0:
             raise ValueError("colour_lock_mm must not be negative")
 
