@@ -101,3 +101,25 @@ def test_graft_refuses_to_overwrite_an_input_and_a_mask_net_of_another_shape(tin
     save_model(RetouchFormer(ModelConfig.preset("tiny", mask_channels=(8, 8, 16, 32))), other)
     assert graft_main([tiny_weights, "--hold-from", str(other), "--out", str(tmp_path / "x.safetensors")]) == 1
     assert "mask net" in capsys.readouterr().err and not (tmp_path / "x.safetensors").exists()
+
+
+def test_mask_with_hold_shows_and_fills_the_stronger_of_the_two_masks(tiny_weights, donor, tmp_path, make_portrait) -> None:
+    """--mask-with-hold: the mask the program shows and fills is, pixel by pixel, the stronger of
+    the weights' own and the hold net's; without it, the weights' own (the test above)."""
+    from engine.retoucher import Retoucher
+
+    with pytest.raises(ValueError, match="hold net"):
+        ModelConfig.preset("tiny", mask_with_hold=True)
+    out = tmp_path / "shown.safetensors"
+    assert graft_main([tiny_weights, "--hold-from", str(donor), "--out", str(out), "--mask-with-hold"]) == 0
+    base, g = load_model(tiny_weights), load_model(out)
+    assert g.config.mask_with_hold and "where it is the stronger" in g.checkpoint_info["hold_net"]
+    x = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        enc, own = g.encode(x), base.encode(x)
+        assert torch.equal(enc.mask, torch.maximum(own.mask, enc.hold))
+        assert (enc.mask - own.mask).max() > 0.05 and (enc.mask >= own.mask).all()
+    img, _ = make_portrait(512, 384, seed=2)
+    a = Retoucher.load(str(out), device="cpu").analyze(img)
+    b = Retoucher.load(tiny_weights, device="cpu").analyze(img)
+    assert np.all(a.mask >= b.mask - 1e-6) and (a.mask - b.mask).max() > 0.05

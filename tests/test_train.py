@@ -179,8 +179,9 @@ def test_mask_fill_term_raises_the_mask_where_the_fill_heals_and_lowers_it_where
     logits = torch.zeros(1, 1, 64, 64, requires_grad=True)  # H says 0.5 everywhere
     with torch.no_grad():
         feats = model.encoder(photo)
+        recon = model.prior(feats, photo).recon
     out: dict[str, torch.Tensor] = {}
-    step._fill_through_mask(clean, photo, spot, feats, logits, out)
+    step._fill_through_mask(clean, photo, spot, feats, recon, logits, out)
     out["mask_fill"].backward()
     g = logits.grad[0, 0]
     assert g[spot[0, 0] > 0].mean() < 0  # heal the spot: more mask
@@ -765,6 +766,22 @@ def test_a_fill_mask_stage_resumes_only_with_the_same_masks(dataset, tmp_path) -
     train(_args(dataset, plain, 3, "--stop-at", "1"))
     with pytest.raises(SystemExit, match="--fill-mask phi"):
         train(_args(dataset, plain, 3, *flags))
+
+
+def test_g_is_handed_the_mask_of_run_time_with_the_hold_nets_where_it_is_the_stronger() -> None:
+    """Weights whose shown mask takes the hold net's reading (ModelConfig.mask_with_hold): G trains
+    under that mask, as the program hands it (RetouchFormer.shown_mask), not under H̄'s alone."""
+    y, xa, phi = _red_spots(2, seed=3)
+    args = build_parser().parse_args(["--preset", "tiny", "--fill-mask", "calibrated", "--set", "mask_tophat_mm=4", "--set", "mask_gain=2"])
+    model = RetouchFormer(ModelConfig.preset("tiny", mask_tophat_mm=4.0, mask_gain=2.0, hold_net=True, mask_with_hold=True))
+    with torch.no_grad():
+        model.hold_masknet.out.bias.fill_(1.0)  # a hold net that marks more than H̄ does
+        used = GeneratorStep(model, args)(y, xa, phi, None, torch.tensor([True, False]))["used_mask"]
+        recon = model.prior(model.encoder(xa), xa).recon
+        own = model.calibrate(torch.sigmoid(model.mask_logits(xa, recon, ema=True)))
+        shown = torch.maximum(own, model.hold_prediction(xa, recon))
+    assert torch.equal(used[0], phi[0]) and torch.allclose(used[1], shown[1])
+    assert (shown[1] - own[1]).max() > 0.05
 
 
 def test_fill_mask_calibrated_keeps_phi_and_calibrates_the_prediction() -> None:

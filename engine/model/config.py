@@ -84,6 +84,11 @@ class ModelConfig:
     # net read by the hold kept the brushed spots of later fills as light as the shipped weights
     # keep theirs (model card, twenty-fifth session; ``python -m engine.training.graft``).
     hold_net: bool = False
+    # With ``mask_with_hold`` (a hold net needed) the mask the fill is handed and the program shows
+    # is, pixel by pixel, the stronger of H̄'s calibrated prediction and the hold net's reading: a
+    # mask net trained as a blend weight is faint over spots the footprint net marks in full, and
+    # with no brush those spots stay half filled (model card, twenty-sixth session). Off: H̄'s alone.
+    mask_with_hold: bool = False
     # With ``anchor``: G may change the anchor's texture and edges but not the local colour of the
     # fill: the part of its correction below this scale (a Gaussian this many millimetres wide) is
     # taken away, so a filled spot keeps the colour of the skin around it (no paler or yellower
@@ -94,7 +99,7 @@ class ModelConfig:
     TOKEN_STRIDE = 8  # the token grid is 1/8 of the image
     #: Fields that change what the model computes but none of its parameters: a training run
     #: resumes with them changed, and calibration sets them after training.
-    SETTINGS = ("mask_tophat_mm", "mask_floor", "mask_gain", "mask_dilate_mm", "hold_tophat_mm", "hold_floor", "hold_gain", "hold_dilate_mm", "colour_lock_mm")
+    SETTINGS = ("mask_tophat_mm", "mask_floor", "mask_gain", "mask_dilate_mm", "hold_tophat_mm", "hold_floor", "hold_gain", "hold_dilate_mm", "mask_with_hold", "colour_lock_mm")
 
     def structure(self) -> dict[str, Any]:
         """The configuration without :data:`SETTINGS`: what the parameters depend on."""
@@ -123,6 +128,8 @@ class ModelConfig:
                 raise ValueError(f"{part}_gain must be at least 1")
             if not dilate >= 0.0:
                 raise ValueError(f"{part}_dilate_mm must not be negative")
+        if self.mask_with_hold and not self.hold_net:
+            raise ValueError("mask_with_hold needs a hold net (hold_net: python -m engine.training.graft)")
         if not self.colour_lock_mm >= 0.0:
             raise ValueError("colour_lock_mm must not be negative")
 

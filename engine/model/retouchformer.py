@@ -37,7 +37,7 @@ class Encoded:
     feats: list[torch.Tensor]
     frames: torch.Tensor
     recon: torch.Tensor
-    mask: torch.Tensor  # H̄'s prediction
+    mask: torch.Tensor  # H̄'s prediction, as shown (RetouchFormer.shown_mask)
     hold: torch.Tensor | None = None  # the hold net's reading (config.hold_net), else None: the hold reads ``mask``
 
 
@@ -82,9 +82,19 @@ class RetouchFormer(nn.Module):
         self._check_input(x)
         feats = self.encoder(x)
         recon = self.prior(feats, x).recon
-        mask = self.calibrate(torch.sigmoid(self.mask_logits(x, recon, ema=True)))
         hold = self.hold_prediction(x, recon) if self.config.hold_net else None
+        mask = self.shown_mask(torch.sigmoid(self.mask_logits(x, recon, ema=True)), x, recon, hold)
         return Encoded(x, feats, self.tokens(feats), recon, mask, hold)
+
+    def shown_mask(self, raw: torch.Tensor, x: torch.Tensor, recon: torch.Tensor, hold: torch.Tensor | None = None) -> torch.Tensor:
+        """H̄'s raw prediction ``raw`` (B, 1, H, W) for ``x`` (reconstruction ``recon``) as the fill
+        is handed it and the program shows it: calibrated (:meth:`calibrate`), and with
+        ``config.mask_with_hold`` the stronger of that and the hold net's reading (``hold``, its
+        :meth:`hold_prediction`, computed here when not given)."""
+        mask = self.calibrate(raw)
+        if self.config.mask_with_hold:
+            mask = torch.maximum(mask, self.hold_prediction(x, recon) if hold is None else hold)
+        return mask
 
     def calibrate(self, mask: torch.Tensor, floor: float | None = None, tophat_mm: float | None = None, gain: float | None = None, dilate_mm: float | None = None) -> torch.Tensor:
         """H̄'s soft mask (B, 1, H, W) with the calibration applied (``config.mask_tophat_mm``,

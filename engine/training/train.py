@@ -220,7 +220,7 @@ class GeneratorStep(nn.Module):
         if not fill_only:
             self._mask_losses(xa, phi, recon, out)
         with torch.no_grad():
-            pred = self._shown(torch.sigmoid(m.mask_logits(xa, recon, ema=True)))
+            pred = self._shown(torch.sigmoid(m.mask_logits(xa, recon, ema=True)), xa, recon)
             truth = phi
             if a.fill_mask in ("runtime", "mixed"):  # a brush over the true blemishes: on every such sample, or on half of them
                 brush = brushed(phi, m.config.work_px_per_mm, FOOTPRINT)
@@ -242,7 +242,7 @@ class GeneratorStep(nn.Module):
             with frozen:
                 fu = m.encoder(xu)
                 ru = m.prior(fu, xu).recon.detach()
-            teacher = self._shown(self._unpaired_mask(xu, ru, out, train_mask=not fill_only))
+            teacher = self._shown(self._unpaired_mask(xu, ru, out, train_mask=not fill_only), xu, ru)
             tu = m.tokens(fu)  # one token projection for the teacher's fill and the brushed one
             fr = m.transformer(tu, m.token_weights(teacher, fu[3]))
             out["yu_hat"], _ = m.synthesis(fr, fu, xu, teacher)
@@ -267,9 +267,9 @@ class GeneratorStep(nn.Module):
                     out["spot_tone"] = a.spot_tone * losses.spot_tone(yu_b, xu, spots, clean, SPOT_SIGMA_MM * px, TONE_SIGMA_MM * px, reach=a.tone_reach)
         return out
 
-    def _shown(self, mask: torch.Tensor) -> torch.Tensor:
-        """H̄'s mask as G is handed it: raw with --fill-mask phi, else calibrated as at run time."""
-        return mask if self.args.fill_mask == "phi" else self.model.calibrate(mask)
+    def _shown(self, mask: torch.Tensor, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        """H̄'s mask of ``x`` as G is handed it: raw with --fill-mask phi, else as at run time (RetouchFormer.shown_mask)."""
+        return mask if self.args.fill_mask == "phi" else self.model.shown_mask(mask, x, recon)
 
     def _mask_losses(self, xa: torch.Tensor, phi: torch.Tensor, recon: torch.Tensor, out: dict[str, torch.Tensor]) -> torch.Tensor:
         m, a = self.model, self.args
@@ -300,19 +300,19 @@ class GeneratorStep(nn.Module):
         logits = self._mask_losses(xa, phi, recon, out)
         out["used_mask"] = torch.sigmoid(logits).detach()
         if self.args.mask_fill:
-            self._fill_through_mask(y[: xa.shape[0]], xa, phi, feats, logits, out)
+            self._fill_through_mask(y[: xa.shape[0]], xa, phi, feats, recon, logits, out)
         if xu is not None:
             self._unpaired_mask(xu, ru, out)
         return out
 
-    def _fill_through_mask(self, y_a: torch.Tensor, xa: torch.Tensor, phi: torch.Tensor, feats: list[torch.Tensor], logits: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
+    def _fill_through_mask(self, y_a: torch.Tensor, xa: torch.Tensor, phi: torch.Tensor, feats: list[torch.Tensor], recon: torch.Tensor, logits: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
         """--mask-fill: H's own prediction, calibrated as at run time, handed to T and G (whose
         weights the stage does not train); their composite against the clean face, near the
         blemishes and over the whole crop. The gradient reaches H through the blend weight
         (composite = x + m (synthesis − x)) and the attention's token weights: a pixel's mask rises
         where the fill is closer to the clean skin than the photo is and falls where it is not."""
         m = self.model
-        mask = m.calibrate(torch.sigmoid(logits))
+        mask = m.shown_mask(torch.sigmoid(logits), xa, recon)
         frames = m.transformer(m.tokens(feats), m.token_weights(mask, feats[3]))
         y_hat, _ = m.synthesis(frames, feats, xa, mask)
         r = int(round(NEAR_MM * m.config.work_px_per_mm))
