@@ -17,6 +17,7 @@ from engine.imageio import from_float, save_image
 from engine.training.losses import feature_space, perceptual, soft_iou_minmax, soft_jaccard, spot_tone, tone_shift
 from engine.model import ModelConfig, RetouchFormer, load_model
 from engine.training.train import GeneratorStep, brushed, build_parser, train
+from engine.training import losses
 from tests.test_synth import make_face
 
 
@@ -782,6 +783,28 @@ def test_g_is_handed_the_mask_of_run_time_with_the_hold_nets_where_it_is_the_str
         shown = torch.maximum(own, model.hold_prediction(xa, recon))
     assert torch.equal(used[0], phi[0]) and torch.allclose(used[1], shown[1])
     assert (shown[1] - own[1]).max() > 0.05
+
+
+def test_clean_tone_holds_the_clean_skin_under_a_brush_on_the_synthetic_pairs(dataset, tmp_path) -> None:
+    """--clean-tone: the tone shift of G's output against the clean face, where the mask G is handed
+    covers skin φ calls clean (the brush of --fill-mask runtime), and nowhere else."""
+    y, xa, phi = _red_spots(2, seed=4)
+    args = build_parser().parse_args(["--preset", "tiny", "--fill-mask", "runtime", "--clean-tone", "30", "--set", "mask_tophat_mm=4", "--set", "mask_gain=2"])
+    model = RetouchFormer(ModelConfig.preset("tiny", mask_tophat_mm=4.0, mask_gain=2.0))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = GeneratorStep(model, args)(y, xa, phi, None, torch.tensor([True, True]))
+    covered = ((out["used_mask"] > 0.9) & (phi <= 0.02)).float()
+    assert covered.sum() > 50  # the brush reaches past the blemishes
+    want = 30 * losses.tone_shift(out["y_hat"], y, covered, 2.0 * model.config.work_px_per_mm)
+    assert out["clean_tone"].item() > 0 and torch.allclose(out["clean_tone"], want)
+    paler = out["y_hat"] + 0.05 * covered  # a pale patch there costs more
+    assert losses.tone_shift(paler, y, covered, 2.0 * model.config.work_px_per_mm) > want / 30 + 0.04
+    with pytest.raises(SystemExit, match="--clean-tone"):
+        train(_args(dataset, tmp_path / "m", 1, "--only", "mask", "--clean-tone", "10"))
+    run = tmp_path / "r"
+    train(_args(dataset, run, 1, "--clean-tone", "10"))
+    assert "--clean-tone 10" in torch.load(run / "last.pt", weights_only=False)["history"][-1]["stage"]
 
 
 def test_fill_mask_calibrated_keeps_phi_and_calibrates_the_prediction() -> None:

@@ -26,6 +26,13 @@ Deviations, each for a stated reason:
   the local tone of the clean skin under the brush is held to the photo's (losses.tone_shift): a
   photographer's brush covers clean skin between spots, and only real photos show whether the fill
   leaves a pale patch there (synthetic clean skin is the target; --fill-outside holds it).
+- --clean-tone: on the synthetic pairs, the clean skin under the mask G is handed (above 0.9 where φ
+  marks no blemish: a brush over the true blemishes, --fill-mask runtime or mixed, or an
+  overshooting prediction) keeps the clean face's local tone (losses.tone_shift), as --hold-tone
+  does on real photos. --fill-outside holds it too, but as an L1 of the raw synthesis, where a
+  paler patch of half an L* weighs next to nothing beside the grain; fills after stage 19 left the
+  clean skin under a broad brush on synthetic faces a third of an L* paler than the shipped ones
+  (model card, twenty-sixth session).
 - --spot-tone: under the same brush the spots in it are held to the tone of the clean skin around them
   (losses.spot_tone): synthetic spots are blends toward the clean target, a real brown mark is not, and
   fills trained on synthetic pairs alone left dark smudges where brushed real acne had been (model card).
@@ -134,6 +141,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--state", type=Path, help="the committed training state (e.g. resources/training/state.pt): resumed from when the run has no last.pt yet, rewritten (compact) at every checkpoint")
     p.add_argument("--fill-outside", type=float, default=0.0, help="L1 weight of the raw synthesis against y outside the blemishes (robustness to masks that are too wide)")
     p.add_argument("--hold-tone", type=float, default=0.0, help="L1 weight of the tone shift (local mean over 2 mm) of clean skin under a brushed mask on the raw-only photos (no pale patches where a brush covers clean skin between spots)")
+    p.add_argument("--clean-tone", type=float, default=0.0, help="L1 weight of the tone shift (local mean over 2 mm) of the clean skin under the mask G is handed on the synthetic pairs (above 0.9 where φ marks no blemish), against the clean face")
     p.add_argument("--spot-tone", type=float, default=0.0, help="L1 weight of the filled spots' tone against the clean skin around them under a brushed mask on the raw-only photos (local means over 1 and 2 mm: no dark smudge where a brushed spot was)")
     p.add_argument("--own-tone", type=float, default=0.0, help="L1 weight of the filled spots' tone against the clean skin around them under H̄'s own calibrated prediction on the raw-only photos, with no brush (local means over 1 and 2 mm, the skin's taken where a brush over the prediction would reach: no blotch where a spot the mask found was)")
     p.add_argument("--tone-reach", type=float, default=losses.TONE_REACH, help="--spot-tone and --own-tone count a spot only where the clean skin near it carries at least this share of the 2-mm Gaussian's weight (default %(default)s; inside a dense cluster under a hazy mask the skin is a few rims between the spots, far below that)")
@@ -234,6 +242,9 @@ class GeneratorStep(nn.Module):
         # the raw synthesis must be clean wherever there really is an imperfection
         region = (phi > FOOTPRINT).float()
         out["fill"] = a.zeta * losses.masked_l1(synth, y_a, region)
+        if a.clean_tone:  # no paler patch on the clean skin under a mask that covers it (a brush, an overshoot)
+            covered = ((used > 0.9) & (phi <= FOOTPRINT)).float()
+            out["clean_tone"] = a.clean_tone * losses.tone_shift(ya_hat, y_a, covered, TONE_SIGMA_MM * m.config.work_px_per_mm)
         if a.fill_outside:  # and clean skin stays as it is wherever a (predicted or brushed) mask overshoots
             out["fill_outside"] = a.fill_outside * losses.masked_l1(synth, y_a, 1.0 - region)
         out["y_hat"], out["used_mask"], out["synth"] = ya_hat, used, synth
@@ -476,6 +487,8 @@ def train(args: argparse.Namespace) -> Path:
         raise SystemExit("--mask-fill trains the mask net through the fill: it is a term of a mask-only stage (--only mask).")
     if args.own_tone and (args.only == "mask" or args.no_unpaired):
         raise SystemExit("--own-tone trains the fill on the raw-only photos: it needs them (no --no-unpaired) and a stage that trains the fill (not --only mask).")
+    if args.clean_tone and args.only == "mask":
+        raise SystemExit("--clean-tone trains the fill: it is not a term of a mask-only stage (--only mask).")
     if args.tone_held and not args.spot_tone:
         raise SystemExit("--tone-held judges the brushed spots of --spot-tone after the tone hold: give --spot-tone too.")
     if args.fit_to_time and not args.max_minutes:
@@ -583,7 +596,7 @@ def train(args: argparse.Namespace) -> Path:
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     segment = {"date": time.strftime("%Y-%m-%d"), "from_step": step, "to_step": step, "hours": 0.0, "device": where, "crop": args.crop, "batch": args.batch}
     if step == 0:  # a new stage (or run): say what it trains
-        segment["stage"] = f"--only {args.only} --conf {args.conf} --iou {args.iou}" + (f" --iou-form {args.iou_form}" if args.iou_form != "product" else "") + _fill_mask_flags(args, cfg) + (f" --spot-tone {args.spot_tone:g}" if args.spot_tone else "") + (f" --own-tone {args.own_tone:g}" if args.own_tone else "") + (f" --tone-reach {args.tone_reach:g}" if (args.spot_tone or args.own_tone) and args.tone_reach != losses.TONE_REACH else "") + (" --tone-held" + _hold_reading(cfg) if args.spot_tone and args.tone_held else "") + (f" --mask-fill {args.mask_fill:g}" if args.mask_fill else "") + f" --lr {args.lr}" + (f", from {Path(args.init).name}" if args.init is not None else "")
+        segment["stage"] = f"--only {args.only} --conf {args.conf} --iou {args.iou}" + (f" --iou-form {args.iou_form}" if args.iou_form != "product" else "") + _fill_mask_flags(args, cfg) + (f" --clean-tone {args.clean_tone:g}" if args.clean_tone else "") + (f" --spot-tone {args.spot_tone:g}" if args.spot_tone else "") + (f" --own-tone {args.own_tone:g}" if args.own_tone else "") + (f" --tone-reach {args.tone_reach:g}" if (args.spot_tone or args.own_tone) and args.tone_reach != losses.TONE_REACH else "") + (" --tone-held" + _hold_reading(cfg) if args.spot_tone and args.tone_held else "") + (f" --mask-fill {args.mask_fill:g}" if args.mask_fill else "") + f" --lr {args.lr}" + (f", from {Path(args.init).name}" if args.init is not None else "")
     history.append(segment)
     n_unpaired = 0 if args.no_unpaired else args.unpaired_batch
     if args.workers > 0:  # batches made in worker processes, each with its own generator
@@ -602,7 +615,7 @@ def train(args: argparse.Namespace) -> Path:
         with amp:
             out = gstep(y, xa, phi, xu, use_gt)
         adv_on = step >= args.adv_start and args.only != "mask"
-        loss_names = ["prior", "rec", "mask_reg", "mask_bce", "mask_iou", "x2y", "fill", "fill_outside", "hold_tone", "spot_tone", "own_tone", "mask_unpaired", "mask_fill"]
+        loss_names = ["prior", "rec", "mask_reg", "mask_bce", "mask_iou", "x2y", "fill", "fill_outside", "clean_tone", "hold_tone", "spot_tone", "own_tone", "mask_unpaired", "mask_fill"]
         g_loss = sum(out[k] for k in loss_names if k in out)
         if adv_on:  # L_adv^syn through D (not its DDP wrapper: D is not updated here)
             with amp:
