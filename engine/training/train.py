@@ -31,7 +31,7 @@ Deviations, each for a stated reason:
   overshooting prediction) keeps the clean face's local tone (losses.tone_shift), as --hold-tone
   does on real photos. --fill-outside holds it too, but as an L1 of the raw synthesis, where a
   paler patch of half an L* weighs next to nothing beside the grain; fills after stage 19 left the
-  clean skin under a broad brush on synthetic faces a third of an L* paler than the shipped ones
+  clean skin under a broad brush on synthetic faces about half an L* paler than the shipped ones
   (model card, twenty-sixth session).
 - --spot-tone: under the same brush the spots in it are held to the tone of the clean skin around them
   (losses.spot_tone): synthetic spots are blends toward the clean target, a real brown mark is not, and
