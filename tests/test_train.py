@@ -346,6 +346,14 @@ def test_a_hold_net_is_grafted_never_trained_and_tone_held_reads_it(dataset, tmp
     assert all(torch.equal(before[k], after[k]) for k in before)
     stage = torch.load(tmp_path / "held" / "last.pt", map_location="cpu", weights_only=False)["history"][-1]["stage"]
     assert "--tone-held (hold reading: the hold net, top-hat 0 mm" in stage
+    shown = ("--init", str(grafted), "--set", "hold_net=true", "--fill-mask", "calibrated", "--set", "mask_gain=1.5", "--set", "mask_with_hold=true")
+    train(_args(dataset, tmp_path / "shown", 3, *shown, "--stop-at", "1"))  # G under the mask with the hold net's: named, and kept on resuming
+    stage = torch.load(tmp_path / "shown" / "last.pt", map_location="cpu", weights_only=False)["history"][-1]["stage"]
+    assert "--fill-mask calibrated (top-hat 0 mm, floor 0, gain 1.5, the hold net's where stronger)" in stage
+    with pytest.raises(SystemExit, match="the hold net's where stronger"):
+        train(_args(dataset, tmp_path / "shown", 3, *shown[:-2]))
+    train(_args(dataset, tmp_path / "shown", 3, *shown))
+    assert torch.load(tmp_path / "shown" / "last.pt", map_location="cpu", weights_only=False)["step"] == 3
 
 
 def test_own_tone_trains_the_fill_on_the_raw_photos(dataset, tmp_path) -> None:

@@ -394,7 +394,8 @@ def _fill_mask_flags(args: argparse.Namespace, cfg: ModelConfig) -> str:
     if args.fill_mask == "phi":
         return ""
     dilation = f", dilation {cfg.mask_dilate_mm:g} mm" if cfg.mask_dilate_mm else ""  # stages begun before it existed read as before
-    return f" --fill-mask {args.fill_mask} (top-hat {cfg.mask_tophat_mm:g} mm, floor {cfg.mask_floor:g}, gain {cfg.mask_gain:g}{dilation})"
+    held = ", the hold net's where stronger" if cfg.mask_with_hold else ""  # (ModelConfig.mask_with_hold: RetouchFormer.shown_mask)
+    return f" --fill-mask {args.fill_mask} (top-hat {cfg.mask_tophat_mm:g} mm, floor {cfg.mask_floor:g}, gain {cfg.mask_gain:g}{dilation}{held})"
 
 
 def _hold_reading(cfg: ModelConfig) -> str:
@@ -554,7 +555,7 @@ def train(args: argparse.Namespace) -> Path:
         if (theirs.group(0) if theirs else "") != _fill_mask_flags(args, cfg):  # G's masks would change mid-stage
             raise SystemExit(
                 f"{source} is a stage begun with{theirs.group(0) if theirs else ' --fill-mask phi'}; resume it with the same "
-                "--fill-mask and --set mask_tophat_mm/mask_floor/mask_gain/mask_dilate_mm (or start a new stage with --init)."
+                "--fill-mask and --set mask_tophat_mm/mask_floor/mask_gain/mask_dilate_mm/mask_with_hold (or start a new stage with --init)."
             )
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
