@@ -322,6 +322,10 @@ def test_a_hold_net_is_grafted_never_trained_and_tone_held_reads_it(dataset, tmp
 
     with pytest.raises(SystemExit, match="grafted from other weights"):
         train(_args(dataset, tmp_path / "fresh", 1, "--set", "hold_net=true"))
+    with pytest.raises(SystemExit, match="--set: mask_with_hold needs a hold net"):
+        train(_args(dataset, tmp_path / "shown", 1, "--set", "mask_with_hold=true"))
+    with pytest.raises(SystemExit, match="--set: mask_gain must be at least 1"):
+        train(_args(dataset, tmp_path / "gain", 1, "--set", "mask_gain=0.5"))
     with pytest.raises(SystemExit, match="has no hold net"):
         train(_args(dataset, tmp_path / "plain", 1, "--init", tiny_weights, "--set", "hold_net=true"))
     grafted = tmp_path / "grafted.safetensors"

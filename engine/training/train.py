@@ -174,7 +174,10 @@ def _config(args: argparse.Namespace) -> ModelConfig:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value
-    return ModelConfig.preset(args.preset, **overrides)
+    try:
+        return ModelConfig.preset(args.preset, **overrides)
+    except (TypeError, ValueError) as exc:  # an unknown key or a value out of bounds: say which, no traceback
+        raise SystemExit(f"--set: {exc}") from None
 
 
 FOOTPRINT = 0.02  # φ above this is a blemish (the fill term's region); --fill-mask runtime brushes over it
