@@ -290,3 +290,29 @@ def test_a_hazy_prediction_lets_go_of_the_tone_unless_the_hold_reads_it_without_
     with torch.inference_mode():
         again = model.tophat(torch.from_numpy(pred)[None, None], 12.0)[0, 0].numpy()
     assert np.abs(again - pred).max() < 0.02
+
+
+def test_the_tone_hold_reaches_only_as_far_as_the_spots_found() -> None:
+    """``hold_reach`` is 1 at and around a spot the mask net found and 0 far from it; a brush over
+    a long stretch of skin keeps the photo's tone next to the spot and leaves the fill as it comes
+    at the far end."""
+    from engine.model.fill import TONE_MM, hold_reach, hold_tone_np
+
+    sigma = TONE_MM * 1.6
+    h, w = 48, 240
+    pred = np.zeros((h, w), np.float32)
+    pred[20:28, 20:28] = 0.9  # one spot found, at the left end
+    reach = hold_reach(torch.from_numpy(pred)[None, None], sigma)[0, 0].numpy()
+    assert reach.min() >= 0.0 and reach.max() <= 1.0
+    assert reach[24, 24] == 1.0 and reach[24, 36] == 1.0  # the spot and 5 mm around it
+    assert reach[24, 60:].max() == 0.0  # from 20 mm out, none
+    none = hold_reach(torch.zeros(1, 1, h, w), sigma)
+    assert float(none.max()) == 0.0
+    rng = np.random.default_rng(3)
+    x = np.clip(0.6 + rng.normal(0, 0.01, (h, w, 3)), 0, 1).astype(np.float32)
+    fill = np.clip(x + 0.05, 0, 1).astype(np.float32)  # a fill paler than the skin all along
+    brush = np.zeros((h, w), np.float32)
+    brush[8:40, 8:232] = 1.0
+    held = hold_tone_np(x, fill, brush, pred, sigma)
+    assert np.abs(held[24, 28:37] - x[24, 28:37]).mean() < 0.01  # next to the spot: the photo's tone
+    assert np.abs(held[24, 80:230] - fill[24, 80:230]).max() < 1e-6  # far from it: the fill as it comes

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from engine.skin import foreign_colour_t
 
-__all__ = ["anchor_fill", "anchor_fill_np", "hold_tone", "hold_tone_np", "push_pull", "known_weight", "source_weight", "gaussian_blur", "TEXTURE_MM", "REACH_MM", "TONE_MM"]
+__all__ = ["anchor_fill", "anchor_fill_np", "hold_reach", "hold_tone", "hold_tone_np", "push_pull", "known_weight", "source_weight", "gaussian_blur", "TEXTURE_MM", "REACH_MM", "TONE_MM"]
 
 _EPS = 1e-6
 #: Scale (mm of skin) below which the photo's detail counts as texture: pores, fine grain.
@@ -151,6 +151,14 @@ def anchor_fill(x: torch.Tensor, mask: torch.Tensor, sigma: float = 1.0) -> torc
     return (low_fill + gain * texture).clamp(0.0, 1.0)
 
 
+def hold_reach(pred: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Where :func:`hold_tone` applies, 0..1 (B, 1, H, W): in full near the spots ``pred`` found
+    (above :data:`TONE_SPOT`, covering :data:`TONE_NEAR` of the Gaussian window of ``sigma`` px),
+    fading to 0 further out, where a brush over skin with no spot found in it is left to even the
+    skin out."""
+    return (gaussian_blur((pred.float() > TONE_SPOT).float(), sigma) / TONE_NEAR).clamp(0.0, 1.0)
+
+
 def hold_tone(x: torch.Tensor, synth: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor, sigma: float, keep: torch.Tensor | None = None) -> torch.Tensor:
     """``synth`` (B, 3, H, W), a fill of ``x`` under a brushed ``mask``, with the tone of the clean
     skin under the brush put back: the tone is the photo's where the mask net sees clean skin.
@@ -175,7 +183,7 @@ def hold_tone(x: torch.Tensor, synth: torch.Tensor, mask: torch.Tensor, pred: to
     local = (x - gaussian_blur(x, sigma)).abs().amax(1, keepdim=True)
     w = mask.float() * known_weight(pred.float()) * torch.exp(-((local / TONE_CONTRAST) ** 2))
     num, den = gaussian_blur(d * w, sigma), gaussian_blur(w, sigma)
-    near = (gaussian_blur((pred.float() > TONE_SPOT).float(), sigma) / TONE_NEAR).clamp(0.0, 1.0)
+    near = hold_reach(pred, sigma)
     if keep is not None:
         near = near * keep.float()
     shift = num / den.clamp_min(_EPS) * (den / TONE_FULL).clamp(0.0, 1.0) * near
