@@ -24,7 +24,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-
 import torch
 
 from engine import pipeline as pl
@@ -39,9 +38,14 @@ from brush_lightness import lightness
 from make_brush_figure import brushed_mask
 
 
+def clean_under_brush(mask: np.ndarray, brush: np.ndarray) -> np.ndarray:
+    """The clean skin under the brush: brush above 0.5, exact mask below 0.02."""
+    return (brush > 0.5) & (mask < 0.02)
+
+
 def scores(out: np.ndarray, clean: np.ndarray, mask: np.ndarray, brush: np.ndarray) -> tuple[float, float, float, float]:
     """(blemishes, clean skin under the brush, L* shift there, whole photo); NaN where a region is empty."""
-    spots, between = mask > 0.2, (brush > 0.5) & (mask < 0.02)
+    spots, between = mask > 0.2, clean_under_brush(mask, brush)
     nan = float("nan")
     shift = float((lightness(out) - lightness(clean))[between].mean()) if between.any() else nan
     return (psnr(out, clean, spots) if spots.any() else nan, psnr(out, clean, between) if between.any() else nan, shift, psnr(out, clean))
@@ -88,9 +92,9 @@ def main() -> None:
         r.tone_sigma = sigma
         telea = np.round(telea_heal(raw, brush, px_per_mm) * 255.0) / 255.0
         if args.by_region:
-            split = hold_parts(r, a, (brush > 0.5) & (mask < 0.02))
+            split, reference = hold_parts(r, a, clean_under_brush(mask, brush)), lightness(clean)
             for n, out in zip(names, (held, plain)):
-                shift = lightness(out) - lightness(clean)
+                shift = lightness(out) - reference
                 parts[n] += [(shift[p].sum(), p.sum()) for p in split]
         for n, out in zip(names, (held, plain, telea)):
             rows[n].append(scores(out, clean, mask, brush))
