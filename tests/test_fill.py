@@ -226,17 +226,20 @@ def test_a_spot_the_mask_net_missed_is_still_filled_under_the_tone_hold() -> Non
 
 
 def test_a_brush_over_skin_with_no_spot_found_evens_it_out() -> None:
-    """A brush over a flush (or an under-eye circle) in which the mask net found no spot: the tone
-    hold stays out of the way, and the brush replaces the flush with the skin around it."""
+    """A brush over a flush (or an under-eye circle) in which the mask net found no spot: its tone
+    is off the skin's around the brush, so the tone hold stays out of the way there, and the brush
+    replaces the flush with the skin around it."""
     from engine.model.fill import TONE_MM, hold_tone_np
 
     clean, _, brush, _ = _blushed_cluster()  # the flushed skin without its papules
     fill = anchor_fill_np(clean, brush)
     held = hold_tone_np(clean, fill, brush, np.zeros(brush.shape, np.float32), TONE_MM * 1.6)
-    assert np.abs(held - fill).max() < 1e-6
+    flush = np.s_[54:74, 54:74]  # the middle of the flush, 0.1-0.15 off the skin around the brush
+    assert np.abs(held[flush] - fill[flush]).max() < 0.005
     centre = brush > 0.9
     L = lambda im: srgb_to_lab(im)[..., 0]  # noqa: E731
     assert L(clean + brush[..., None] * (held - clean))[centre].mean() > L(clean)[centre].mean() + 1.0  # evened: lighter
+    assert L(clean + brush[..., None] * (held - clean))[flush].mean() > L(clean)[flush].mean() + 2.5
 
 
 def test_the_tone_hold_applies_only_where_keep_lets_it() -> None:
@@ -292,14 +295,15 @@ def test_a_hazy_prediction_lets_go_of_the_tone_unless_the_hold_reads_it_without_
     assert np.abs(again - pred).max() < 0.02
 
 
-def test_the_tone_hold_reaches_only_as_far_as_the_spots_found() -> None:
-    """``hold_reach`` is 1 at and around a spot the mask net found and 0 far from it; a brush over
-    a long stretch of skin keeps the photo's tone next to the spot and leaves the fill as it comes
-    at the far end."""
-    from engine.model.fill import TONE_MM, hold_reach, hold_tone_np
+def test_the_tone_hold_reaches_the_spots_found_and_skin_that_matches_the_brush_border() -> None:
+    """``hold_reach`` is 1 at and around a spot the mask net found and 0 far from it. A fill paler
+    than the skin along a long brush: next to the spot, the photo's tone comes back; far from it,
+    too, where the photo's tone matches the skin around the brush (``border_match``: clean skin),
+    but not over a flush at the far end, which the brush is to even out."""
+    from engine.model.fill import TONE_MM, border_match, gaussian_blur, hold_reach, hold_tone_np
 
     sigma = TONE_MM * 1.6
-    h, w = 48, 240
+    h, w = 96, 240  # a long brush over the upper third
     pred = np.zeros((h, w), np.float32)
     pred[20:28, 20:28] = 0.9  # one spot found, at the left end
     reach = hold_reach(torch.from_numpy(pred)[None, None], sigma)[0, 0].numpy()
@@ -309,10 +313,19 @@ def test_the_tone_hold_reaches_only_as_far_as_the_spots_found() -> None:
     none = hold_reach(torch.zeros(1, 1, h, w), sigma)
     assert float(none.max()) == 0.0
     rng = np.random.default_rng(3)
-    x = np.clip(0.6 + rng.normal(0, 0.01, (h, w, 3)), 0, 1).astype(np.float32)
+    x = np.clip(np.array([0.72, 0.56, 0.48], np.float32) + rng.normal(0, 0.01, (h, w, 3)), 0, 1).astype(np.float32)  # skin
     fill = np.clip(x + 0.05, 0, 1).astype(np.float32)  # a fill paler than the skin all along
     brush = np.zeros((h, w), np.float32)
     brush[8:40, 8:232] = 1.0
     held = hold_tone_np(x, fill, brush, pred, sigma)
     assert np.abs(held[24, 28:37] - x[24, 28:37]).mean() < 0.01  # next to the spot: the photo's tone
-    assert np.abs(held[24, 80:230] - fill[24, 80:230]).max() < 1e-6  # far from it: the fill as it comes
+    assert np.abs(held[24, 80:230] - x[24, 80:230]).mean() < 0.01  # far from it, clean skin: the same
+    # a flush at the far end, 0.12 off the skin around the brush in green and blue
+    ramp = np.clip((np.arange(w, dtype=np.float32) - 150.0) / 20.0, 0.0, 1.0)
+    flushed = np.clip(x - (brush * ramp)[..., None] * np.array([0.0, 0.12, 0.10], np.float32), 0, 1).astype(np.float32)
+    photo = torch.from_numpy(flushed).permute(2, 0, 1)[None]
+    match = border_match(photo, gaussian_blur(photo, sigma), torch.from_numpy(brush)[None, None], sigma)[0, 0].numpy()
+    assert match[24, 80:120].min() > 0.9 and match[24, 180:220].max() < 0.05
+    held = hold_tone_np(flushed, fill, brush, pred, sigma)
+    assert np.abs(held[24, 80:120] - flushed[24, 80:120]).mean() < 0.01  # clean skin: the photo's tone
+    assert np.abs(held[24, 180:220] - fill[24, 180:220]).max() < 0.005  # the flush: the fill as it comes

@@ -619,8 +619,9 @@ def test_a_broad_brush_over_a_flushed_cheek_leaves_no_pale_patch(app_retoucher, 
     keeps the photo's lightness (within 0.5 L*), through the whole run-time path, and so does the
     classical fill the GUI shows while the model runs. Without the tone hold
     (engine.model.fill.hold_tone) the fill takes the brush border's paler tone. Further from the
-    spot the hold fades out (``TONE_NEAR``) and the brush replaces the tone with its border's, as
-    over a flush with no spot in it."""
+    spot the hold fades out (``TONE_NEAR``) where the photo's tone is off the skin's around the
+    brush (``border_match``), as over the middle of this flush, and the brush replaces the tone
+    with its border's."""
     img, spots = make_portrait(1024, 768, seed=0)
     r = app_retoucher
     px_per_mm = r.analyze(img).plan.px_per_mm

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from engine.skin import foreign_colour_t
 
-__all__ = ["anchor_fill", "anchor_fill_np", "hold_reach", "hold_tone", "hold_tone_np", "push_pull", "known_weight", "source_weight", "gaussian_blur", "TEXTURE_MM", "REACH_MM", "TONE_MM"]
+__all__ = ["anchor_fill", "anchor_fill_np", "border_match", "hold_reach", "hold_tone", "hold_tone_np", "push_pull", "known_weight", "source_weight", "gaussian_blur", "TEXTURE_MM", "REACH_MM", "TONE_MM"]
 
 _EPS = 1e-6
 #: Scale (mm of skin) below which the photo's detail counts as texture: pores, fine grain.
@@ -55,6 +55,15 @@ TONE_FULL = 0.05
 #: circle, a flush) still replaces its tone with the skin's around it: that is what it is for.
 TONE_NEAR = 0.02
 TONE_SPOT = 0.15
+#: Further from any spot found, the hold still applies where the photo's clean tone under the brush
+#: (at :data:`TONE_MM`) lies near the tone of the skin around the brush (the classical fill's
+#: colour): within this (RGB, the largest channel's difference) it counts e^-1, at half of it
+#: about four fifths. That skin is clean, and the fill alone leaves it paler (G's own tone: on 40
+#: synthetic faces under a broad brush, far from the spots found, +0.58 L* as the fill comes, +0.50
+#: with the hold near them only, -0.08 with this); a flush or an under-eye circle, off the skin
+#: around it, is still evened out. In a first form of the match, 0.04 left +0.18 there, 0.06 -0.04
+#: and 0.08 -0.22 (model card, twenty-eighth session).
+TONE_MATCH = 0.06
 #: Share of an image's pixels that must have a skin's colour for a fill to take its colour from
 #: them only (:func:`source_weight`); below it (no skin at all, a cast no rule takes), every pixel.
 SKIN_PRESENT = 0.05
@@ -152,11 +161,25 @@ def anchor_fill(x: torch.Tensor, mask: torch.Tensor, sigma: float = 1.0) -> torc
 
 
 def hold_reach(pred: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Where :func:`hold_tone` applies, 0..1 (B, 1, H, W): in full near the spots ``pred`` found
-    (above :data:`TONE_SPOT`, covering :data:`TONE_NEAR` of the Gaussian window of ``sigma`` px),
-    fading to 0 further out, where a brush over skin with no spot found in it is left to even the
-    skin out."""
+    """Where :func:`hold_tone` applies for the spots found, 0..1 (B, 1, H, W): in full near the
+    spots ``pred`` found (above :data:`TONE_SPOT`, covering :data:`TONE_NEAR` of the Gaussian window
+    of ``sigma`` px), fading to 0 further out, where a brush over skin with no spot found in it is
+    left to even the skin out unless its tone matches the skin's around the brush
+    (:func:`border_match`)."""
     return (gaussian_blur((pred.float() > TONE_SPOT).float(), sigma) / TONE_NEAR).clamp(0.0, 1.0)
+
+
+def border_match(x: torch.Tensor, tone: torch.Tensor, mask: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Where ``tone`` (B, 3, H, W), the photo's clean tone under a brushed ``mask`` at ``sigma`` px,
+    matches the tone of the skin around the brush, 0..1 (B, 1, H, W): 1 where they agree, e^-1 at
+    :data:`TONE_MATCH` apart. The skin around the brush is the photo pulled in from outside the
+    mask, from skin only (:func:`push_pull`, :func:`source_weight`, as the classical fill takes
+    its colour, but from however far the brush's border is), at the same scale (Gaussian of ``sigma``, taken after the
+    pull, so the border does not carry the brushed skin's tone in with it)."""
+    src = source_weight(x)
+    around = gaussian_blur(push_pull(x, known_weight(mask) * src, None, own=src), sigma)
+    off = (tone - around).abs().amax(1, keepdim=True)
+    return torch.exp(-((off / TONE_MATCH) ** 2))
 
 
 def hold_tone(x: torch.Tensor, synth: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor, sigma: float, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -172,8 +195,11 @@ def hold_tone(x: torch.Tensor, synth: torch.Tensor, mask: torch.Tensor, pred: to
     brushed pixels that ``pred``, the mask net's own prediction, calls clean and that are no local
     outliers of the photo (:data:`TONE_CONTRAST`), and added back near the spots ``pred`` found
     (:data:`TONE_NEAR`): the tone above that scale is the photo's, the spots below it are still
-    filled. Where the brush covers little clean skin (:data:`TONE_FULL`) or no spot was found
-    nearby, the fill stays as it is. ``keep`` (B, 1, H, W) in [0, 1], when given, scales the hold
+    filled. Where the brush covers little clean skin (:data:`TONE_FULL`), the fill stays as it is;
+    so it does where no spot was found nearby and the photo's tone there is off the skin's around
+    the brush (:func:`border_match`: a flush, a shadow the brush is meant to even out), while
+    clean skin that matches it keeps the photo's tone there too (the fill alone would leave it
+    paler). ``keep`` (B, 1, H, W) in [0, 1], when given, scales the hold
     pixel by pixel: the program passes 0 below the eyes (:func:`engine.features.under_eyes`), where
     a brush is meant to take a dark circle's tone away and spots at the lash line would otherwise
     keep it.
@@ -183,7 +209,8 @@ def hold_tone(x: torch.Tensor, synth: torch.Tensor, mask: torch.Tensor, pred: to
     local = (x - gaussian_blur(x, sigma)).abs().amax(1, keepdim=True)
     w = mask.float() * known_weight(pred.float()) * torch.exp(-((local / TONE_CONTRAST) ** 2))
     num, den = gaussian_blur(d * w, sigma), gaussian_blur(w, sigma)
-    near = hold_reach(pred, sigma)
+    tone = gaussian_blur(x * w, sigma) / den.clamp_min(_EPS)  # the photo's clean tone under the brush
+    near = torch.maximum(hold_reach(pred, sigma), border_match(x, tone, mask.float(), sigma))
     if keep is not None:
         near = near * keep.float()
     shift = num / den.clamp_min(_EPS) * (den / TONE_FULL).clamp(0.0, 1.0) * near
