@@ -318,3 +318,37 @@ def test_the_brush_benchmarks_tone_spread_sees_blotches_not_grain(monkeypatch) -
     assert dots > 1.5 * spread(as_u8(cv2.GaussianBlur(blotchy, (0, 0), 4)), region, px_per_mm)  # evened out
     shaded = skin - np.linspace(0, 60, 120, dtype=np.float32)[None, :, None]  # the face turning away from the light
     assert spread(as_u8(shaded), region, px_per_mm) < 0.5
+
+
+def test_the_far_brush_benchmark_brushes_skin_away_from_the_spots_and_leaves_the_hold_as_it_was(app_retoucher, make_portrait, monkeypatch) -> None:
+    """brush_far.py: its disc (12 mm across) lies on the face, on skin, away from every spot the
+    mask net found; its four fills differ only under the disc's footprint, and the program's column
+    is what ``Retoucher.render`` gives with the hold as shipped, which the script puts back after
+    turning parts of it off (the border match, then the whole hold) for the other columns."""
+    import cv2
+
+    import engine.model.fill as fill
+    from app.maskedit import paint
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent / "bench"))
+    from brush_far import FILLS, fills, place_disc
+
+    r = app_retoucher
+    img, _ = make_portrait(1024, 768, seed=0)
+    a = r.analyze(img)
+    ppm = a.plan.px_per_mm
+    disc, (cx, cy), far = place_disc(img, a)
+    x0, y0, x1, y1 = [g for g in a.plan.regions if g.kind == "face"][0].box
+    assert x0 <= cx < x1 and y0 <= cy < y1
+    inside = disc > 0.5
+    assert abs(inside.sum() / (np.pi * (6.0 * ppm) ** 2) - 1.0) < 0.15
+    assert far > 3.0 and a.mask[inside].max() < 0.15
+    match, sigma = fill.border_match, r.tone_sigma
+    outs = fills(r, img, a, disc)
+    assert list(outs) == list(FILLS) and fill.border_match is match and r.tone_sigma == sigma
+    program = r.composite(img, r.render(a, paint(a.mask, disc)), 1.0)
+    assert np.array_equal(outs[FILLS[0]], program)
+    plain = r.composite(img, r.render(a, a.mask.copy()), 1.0)
+    away = cv2.dilate((disc > 0).astype(np.uint8), np.ones((3, 3), np.uint8)) == 0
+    for out in outs.values():
+        assert np.array_equal(out[away], plain[away] if out is not outs[FILLS[3]] else img[away])
