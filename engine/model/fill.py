@@ -175,8 +175,8 @@ def border_match(x: torch.Tensor, tone: torch.Tensor, mask: torch.Tensor, sigma:
     matches the tone of the skin around the brush, 0..1 (B, 1, H, W): 1 where they agree, e^-1 at
     :data:`TONE_MATCH` apart. The skin around the brush is the photo pulled in from outside the
     mask, from skin only (:func:`push_pull`, :func:`source_weight`, as the classical fill takes
-    its colour, but from however far the brush's border is), at the same scale (Gaussian of ``sigma``, taken after the
-    pull, so the border does not carry the brushed skin's tone in with it)."""
+    its colour, but from however far the brush's border is), at the same scale (Gaussian of
+    ``sigma``, taken after the pull, so the border does not carry the brushed skin's tone in)."""
     src = source_weight(x)
     around = gaussian_blur(push_pull(x, known_weight(mask) * src, None, own=src), sigma)
     off = (tone - around).abs().amax(1, keepdim=True)
